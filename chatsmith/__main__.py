@@ -1,0 +1,3 @@
+from chatsmith.cli import main
+
+main()

@@ -1,0 +1,90 @@
+"""The one chat template, used by SFT, the chat CLI, the server and evaluation.
+
+A conversation becomes
+
+    <|bos|> <|system|> text <|end|> <|user|> text <|end|> <|assistant|> text <|end|> ...
+
+where the markers are reserved special tokens and every `text` is encoded as plain user text
+(`Tokenizer.encode` never produces a special token, so a user typing "<|end|>" cannot forge
+a turn boundary). To ask for a reply, the prompt ends with `<|assistant|>` and sampling
+stops at `<|end|>`.
+"""
+
+from __future__ import annotations
+
+from chatsmith.errors import ChatsmithError
+from chatsmith.tokenizer import Tokenizer
+
+ROLES = ("system", "user", "assistant")
+
+
+def validate_messages(messages: object, where: str = "conversation",
+                      need_assistant: bool = False) -> list[dict]:
+    """Check an OpenAI-style message list; return it with plain `role`/`content` dicts."""
+    if not isinstance(messages, list) or not messages:
+        raise ChatsmithError(f"{where}: messages must be a non-empty list")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise ChatsmithError(f"{where}: message {i + 1} is not an object")
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES:
+            raise ChatsmithError(
+                f"{where}: message {i + 1} has unknown role {role!r} (use {', '.join(ROLES)})"
+            )
+        if not isinstance(content, str) or not content.strip():
+            raise ChatsmithError(f"{where}: message {i + 1} ({role}) has empty content")
+        if role == "system" and i != 0:
+            raise ChatsmithError(f"{where}: a system message may only come first")
+        out.append({"role": role, "content": content})
+    if need_assistant and not any(m["role"] == "assistant" for m in out):
+        raise ChatsmithError(f"{where}: has no assistant message to learn from")
+    return out
+
+
+def _role_id(tok: Tokenizer, role: str) -> int:
+    return {"system": tok.system_id, "user": tok.user_id, "assistant": tok.assistant_id}[role]
+
+
+def render(
+    tok: Tokenizer, messages: list[dict], add_generation_prompt: bool = False
+) -> tuple[list[int], list[int]]:
+    """Token ids of a conversation and a mask that is 1 where the model should learn to predict.
+
+    The mask marks assistant content and the `<|end|>` that closes it: the model learns what to
+    say and when to stop, never the user's or system's words. mask[i] refers to ids[i] as a
+    prediction target.
+    """
+    ids, mask = [tok.bos_id], [0]
+    for m in messages:
+        body = tok.encode(m["content"])
+        learn = 1 if m["role"] == "assistant" else 0
+        ids += [_role_id(tok, m["role"]), *body, tok.end_id]
+        mask += [0] + [learn] * (len(body) + 1)
+    if add_generation_prompt:
+        ids.append(tok.assistant_id)
+        mask.append(0)
+    return ids, mask
+
+
+def render_prompt(tok: Tokenizer, messages: list[dict]) -> list[int]:
+    """Ids that ask the model for the next assistant reply."""
+    return render(tok, messages, add_generation_prompt=True)[0]
+
+
+def parse(tok: Tokenizer, ids: list[int]) -> list[dict]:
+    """Inverse of `render`: the messages in a rendered id sequence (an open last turn included)."""
+    roles = {tok.system_id: "system", tok.user_id: "user", tok.assistant_id: "assistant"}
+    messages: list[dict] = []
+    role, body = None, []
+    for t in ids:
+        if t in roles:
+            role, body = roles[t], []
+        elif t == tok.end_id and role is not None:
+            messages.append({"role": role, "content": tok.decode(body)})
+            role = None
+        elif role is not None:
+            body.append(t)
+    if role is not None and body:
+        messages.append({"role": role, "content": tok.decode(body)})
+    return messages

@@ -1,0 +1,193 @@
+"""The inference engine shared by the CLI, the server, RL sampling and evaluation.
+
+Sequences live in rows ("slots") of one static KV cache. `add` prefills a prompt into a free
+slot; `step` runs one batched decode step for every live sequence; finished sequences leave
+and free their slot at once. That is continuous batching: requests join and leave between
+steps, and one request alone is just the batch-of-one case of the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from chatsmith.errors import ChatsmithError
+from chatsmith.models import KVCache
+
+
+class ContextOverflow(ChatsmithError):
+    """The prompt leaves no room in the model's context for even one new token."""
+
+
+class EngineFull(ChatsmithError):
+    """Every slot is in use."""
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def validate(self) -> None:
+        if self.max_tokens < 1:
+            raise ChatsmithError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ChatsmithError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ChatsmithError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ChatsmithError(f"top_k must be at least 1, got {self.top_k}")
+
+
+def sample_token(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> int:
+    """Pick one token id from a (V,) row of logits: greedy at temperature 0, else filtered sampling."""
+    if params.temperature == 0:
+        return int(logits.argmax())
+    logits = logits.float() / params.temperature
+    if params.top_k is not None and params.top_k < logits.numel():
+        kth = torch.topk(logits, params.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if params.top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True)
+        # keep the smallest prefix whose mass reaches top_p (the first token always stays)
+        drop = sorted_p.cumsum(0) - sorted_p >= params.top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
+    return int(torch.multinomial(probs.cpu(), 1, generator=gen))
+
+
+@dataclass(eq=False)
+class Generation:
+    """One sequence being generated. `tokens` holds the generated ids (stop token excluded)."""
+
+    prompt: list[int]
+    params: SamplingParams
+    slot: int
+    generator: torch.Generator | None
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: str | None = None  # "stop" (stop token), "length" (max_tokens or context)
+    _next_logits: torch.Tensor | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+class Engine:
+    def __init__(self, model: nn.Module, stop_ids: Sequence[int], max_batch: int = 1,
+                 dtype: torch.dtype | None = None):
+        self.model = model.eval()
+        self.cfg = model.cfg
+        self.device = next(model.parameters()).device
+        self.dtype = dtype or next(model.parameters()).dtype
+        self.stop_ids = frozenset(stop_ids)
+        self.max_batch = max_batch
+        self.cache = KVCache.for_model(self.cfg, max_batch, self.device, self.dtype)
+        self.free: list[int] = list(range(max_batch - 1, -1, -1))
+        self.live: list[Generation] = []
+
+    @property
+    def context(self) -> int:
+        return self.cfg.max_seq_len
+
+    def has_free_slot(self) -> bool:
+        return bool(self.free)
+
+    @torch.inference_mode()
+    def add(self, prompt: list[int], params: SamplingParams) -> Generation:
+        """Prefill `prompt` into a free slot; its first token comes out of the next `step`."""
+        params.validate()
+        if not prompt:
+            raise ChatsmithError("the prompt is empty")
+        if len(prompt) >= self.context:
+            raise ContextOverflow(
+                f"the prompt has {len(prompt)} tokens; the model's context is {self.context}, "
+                "which leaves no room for a reply"
+            )
+        if not self.free:
+            raise EngineFull(f"all {self.max_batch} generation slots are busy")
+        slot = self.free.pop()
+        gen = None
+        if params.seed is not None:
+            gen = torch.Generator().manual_seed(params.seed)
+        seq = Generation(list(prompt), params, slot, gen)
+        self.cache.reset(torch.tensor([slot], device=self.device))
+        x = torch.tensor([prompt], dtype=torch.long, device=self.device)
+        rows = torch.tensor([slot], device=self.device)
+        logits, _ = self.model(x, cache=self.cache, rows=rows, last_only=True)
+        seq._next_logits = logits[0, -1]
+        self.live.append(seq)
+        return seq
+
+    def _accept(self, seq: Generation, token: int) -> bool:
+        """Record a sampled token; return True if it is to be shown to the caller."""
+        if token in self.stop_ids:
+            seq.finish_reason = "stop"
+            return False
+        seq.tokens.append(token)
+        used = len(seq.prompt) + len(seq.tokens)
+        if len(seq.tokens) >= seq.params.max_tokens or used >= self.context:
+            seq.finish_reason = "length"
+        return True
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[Generation, int | None]]:
+        """Advance every live sequence by one token.
+
+        Returns (sequence, token) pairs; token is None when the sequence stopped on a stop
+        token. Sequences that finish are removed and their slots freed before returning.
+        """
+        events: list[tuple[Generation, int | None]] = []
+        decode = [s for s in self.live if s._next_logits is None]
+        if decode:
+            x = torch.tensor([[s.tokens[-1]] for s in decode], dtype=torch.long, device=self.device)
+            rows = torch.tensor([s.slot for s in decode], device=self.device)
+            logits, _ = self.model(x, cache=self.cache, rows=rows, last_only=True)
+            for s, row in zip(decode, logits[:, -1]):
+                s._next_logits = row
+        for s in list(self.live):
+            token = sample_token(s._next_logits, s.params, s.generator)
+            s._next_logits = None
+            events.append((s, token if self._accept(s, token) else None))
+            if s.finished:
+                self.release(s)
+        return events
+
+    def release(self, seq: Generation) -> None:
+        """Free a sequence's slot (finished, or abandoned by its client)."""
+        if seq in self.live:
+            self.live.remove(seq)
+            self.free.append(seq.slot)
+            if seq.finish_reason is None:
+                seq.finish_reason = "cancelled"
+
+    def generate(self, prompt: list[int], params: SamplingParams) -> Iterator[int]:
+        """Stream the tokens of one reply."""
+        seq = self.add(prompt, params)
+        try:
+            while not seq.finished:
+                for s, token in self.step():
+                    if s is seq and token is not None:
+                        yield token
+        finally:
+            self.release(seq)
+
+    def generate_many(self, prompts: list[list[int]],
+                      params: SamplingParams | list[SamplingParams]) -> list[Generation]:
+        """Generate a reply for every prompt, decoding up to `max_batch` of them together."""
+        plist = params if isinstance(params, list) else [params] * len(prompts)
+        pending = list(range(len(prompts)))[::-1]
+        results: list[Generation | None] = [None] * len(prompts)
+        while pending or self.live:
+            while pending and self.free:
+                i = pending.pop()
+                results[i] = self.add(prompts[i], plist[i])
+            self.step()
+        return results  # type: ignore[return-value]

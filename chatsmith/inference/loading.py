@@ -1,0 +1,46 @@
+"""Load a run folder's latest checkpoint for inference: model, tokenizer and engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from chatsmith.checkpoint import load_checkpoint, load_model_weights, load_run_tokenizer, read_run_info
+from chatsmith.inference.engine import Engine
+from chatsmith.models import ModelConfig, build_model
+from chatsmith.runtime import resolve_device
+from chatsmith.tokenizer import Tokenizer
+
+
+@dataclass
+class LoadedRun:
+    path: Path
+    model: nn.Module
+    tokenizer: Tokenizer
+    cfg: ModelConfig
+    info: dict
+    step: int
+
+    @property
+    def name(self) -> str:
+        return self.path.resolve().name
+
+    def engine(self, max_batch: int = 1) -> Engine:
+        tok = self.tokenizer
+        return Engine(self.model, stop_ids=[tok.end_id, tok.bos_id], max_batch=max_batch)
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "auto") -> LoadedRun:
+    run_dir = Path(run_dir)
+    info = read_run_info(run_dir)
+    ckpt = load_checkpoint(run_dir, with_state=False)
+    tok = load_run_tokenizer(run_dir, ckpt.model_config)
+    model = build_model(ckpt.model_config)
+    load_model_weights(model, ckpt)
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    # bf16 weights on CUDA halve memory traffic in decoding; CPU keeps float32
+    model = model.to(dev, dtype=torch.bfloat16 if dev.type == "cuda" else torch.float32).eval()
+    return LoadedRun(run_dir, model, tok, ckpt.model_config, info, ckpt.step)

@@ -1,0 +1,99 @@
+"""One model config for every architecture, its size presets, and the `--depth` dial."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+
+from chatsmith.errors import ChatsmithError
+
+ARCHITECTURES = ("decoder", "encoder", "encoder_decoder")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = 4096
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int = 4  # fewer than n_head gives grouped-query attention
+    d_model: int = 256
+    d_ff: int = 0  # 0: derived as the SwiGLU width closest to 4x d_model in parameters
+    max_seq_len: int = 256
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = True
+    arch: str = "decoder"
+    n_decoder_layer: int = 0  # encoder_decoder only; 0 means same as n_layer
+
+    def __post_init__(self) -> None:
+        if self.d_ff == 0:
+            # SwiGLU has three matrices, so 8/3 x width matches a 4x two-matrix MLP; round to 32.
+            object.__setattr__(self, "d_ff", ((8 * self.d_model // 3) + 31) // 32 * 32)
+        self.validate()
+
+    def validate(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ChatsmithError(f"unknown architecture {self.arch!r}; choose from {ARCHITECTURES}")
+        for name in ("vocab_size", "n_layer", "n_head", "n_kv_head", "d_model", "max_seq_len"):
+            if getattr(self, name) < 1:
+                raise ChatsmithError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.d_model % self.n_head:
+            raise ChatsmithError(
+                f"{self.n_head} heads do not divide width {self.d_model}: "
+                "choose n_head so that d_model / n_head is a whole number"
+            )
+        if self.n_head % self.n_kv_head:
+            raise ChatsmithError(
+                f"n_kv_head {self.n_kv_head} must divide n_head {self.n_head} "
+                "(grouped-query attention shares each key/value head among whole groups)"
+            )
+        if self.head_dim % 2:
+            raise ChatsmithError(f"head size {self.head_dim} must be even for rotary positions")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ChatsmithError(f"unknown model config fields {sorted(unknown)}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def with_(self, **changes) -> ModelConfig:
+        return replace(self, **changes)
+
+
+# width = 64 x depth and 64-wide heads, the nanochat-style single dial; presets name common points.
+PRESETS: dict[str, dict] = {
+    "tiny": dict(n_layer=2, n_head=2, n_kv_head=2, d_model=64, max_seq_len=128),
+    "mini": dict(n_layer=4, n_head=4, n_kv_head=4, d_model=256, max_seq_len=256),
+    "small": dict(n_layer=6, n_head=6, n_kv_head=6, d_model=384, max_seq_len=512),
+    "base": dict(n_layer=8, n_head=8, n_kv_head=8, d_model=512, max_seq_len=1024),
+    "gpt2-small": dict(n_layer=12, n_head=12, n_kv_head=12, d_model=768, max_seq_len=1024),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_kv_head=16, d_model=1024, max_seq_len=1024),
+}
+
+
+def config_from_depth(depth: int, **overrides) -> ModelConfig:
+    """The one dial: depth sets the layer count, width (64 per layer) and heads (64 wide)."""
+    if depth < 1:
+        raise ChatsmithError(f"--depth must be at least 1, got {depth}")
+    base = dict(n_layer=depth, n_head=depth, n_kv_head=depth, d_model=64 * depth)
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return ModelConfig(**base)
+
+
+def config_from_preset(name: str, **overrides) -> ModelConfig:
+    if name not in PRESETS:
+        raise ChatsmithError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    base = dict(PRESETS[name])
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return ModelConfig(**base)

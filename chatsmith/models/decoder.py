@@ -1,0 +1,70 @@
+"""Decoder-only transformer (GPT): token embedding, causal blocks, final norm, LM head."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from chatsmith.models.config import ModelConfig
+from chatsmith.models.layers import Block, CacheView, KVCache, RMSNorm, Rotary, init_weights
+
+IGNORE_INDEX = -1  # target value that contributes no loss (prompt tokens in SFT, padding)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.rotary = Rotary(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.blocks = nn.ModuleList(Block(cfg, causal=True) for _ in range(cfg.n_layer))
+        self.norm = RMSNorm(cfg.d_model)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        init_weights(self, cfg.n_layer)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    def forward(
+        self,
+        idx: Tensor,
+        targets: Tensor | None = None,
+        *,
+        cache: KVCache | None = None,
+        rows: Tensor | None = None,
+        last_only: bool = False,
+        reduction: str = "mean",
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Return (logits, loss).
+
+        With `targets`, the loss is cross-entropy over positions whose target is not
+        IGNORE_INDEX, and logits are not returned (saves the (B, S, V) tensor's memory).
+        With `cache`, idx extends the cache rows `rows` (default: all rows) in place.
+        """
+        B, S = idx.shape
+        view = None
+        if cache is not None:
+            if rows is None:
+                rows = torch.arange(B, device=idx.device)
+            view = CacheView(cache, rows, S)
+            positions = view.positions
+        else:
+            if S > self.cfg.max_seq_len:
+                raise ValueError(f"sequence length {S} exceeds max_seq_len {self.cfg.max_seq_len}")
+            positions = torch.arange(S, device=idx.device)
+        x = self.embed(idx)
+        for i, block in enumerate(self.blocks):
+            x = block(x, self.rotary, positions, i, view)
+        if view is not None:
+            view.advance()
+        x = self.norm(x)
+        if targets is not None:
+            logits = self.lm_head(x).float()
+            loss = F.cross_entropy(
+                logits.view(-1, logits.size(-1)), targets.reshape(-1),
+                ignore_index=IGNORE_INDEX, reduction=reduction,
+            )
+            return None, loss if reduction != "none" else loss.view(B, S)
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(x).float(), None

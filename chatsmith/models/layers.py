@@ -1,0 +1,209 @@
+"""Transformer layers shared by the decoder, the encoder and the encoder-decoder.
+
+Each block is pre-norm (RMSNorm), attention uses rotary positions and PyTorch's
+scaled_dot_product_attention (flash kernels on CUDA), MLPs are SwiGLU, and no layer has a bias.
+The same attention module is causal for a decoder, bidirectional for an encoder, and
+cross-attends to an encoder's output in an encoder-decoder.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from chatsmith.models.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding: rotates query/key channel pairs by position-dependent angles."""
+
+    def __init__(self, head_dim: int, max_seq_len: int, theta: float):
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: Tensor, positions: Tensor) -> Tensor:
+        """x: (B, H, S, D); positions: (S,) shared or (B, S) per row."""
+        cos, sin = self.cos[positions], self.sin[positions]
+        if positions.dim() == 2:  # (B, S, D/2) -> broadcast over heads
+            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class KVCache:
+    """Static key/value cache with one row per sequence slot.
+
+    Rows advance independently (each has its own length), which lets a batch of sequences of
+    different lengths decode together and lets sequences join and leave between steps.
+    """
+
+    def __init__(
+        self,
+        n_layer: int,
+        batch_size: int,
+        max_seq_len: int,
+        n_kv_head: int,
+        head_dim: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        shape = (n_layer, batch_size, max_seq_len, n_kv_head, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.max_seq_len = max_seq_len
+
+    @classmethod
+    def for_model(cls, cfg: ModelConfig, batch_size: int, device, dtype) -> KVCache:
+        return cls(cfg.n_layer, batch_size, cfg.max_seq_len, cfg.n_kv_head, cfg.head_dim,
+                   device, dtype)
+
+    def reset(self, rows: Tensor | None = None) -> None:
+        if rows is None:
+            self.lengths.zero_()
+        else:
+            self.lengths[rows] = 0
+
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() * 2
+
+
+class CacheView:
+    """The rows of a KVCache that one forward pass reads and extends."""
+
+    def __init__(self, cache: KVCache, rows: Tensor, seq_len: int):
+        self.cache = cache
+        self.rows = rows
+        start = cache.lengths[rows]  # (B,)
+        self.positions = start[:, None] + torch.arange(seq_len, device=rows.device)  # (B, S)
+        self.span = int((start + seq_len).max())
+        if self.span > cache.max_seq_len:
+            raise ValueError(f"sequence of {self.span} tokens exceeds the cache ({cache.max_seq_len})")
+        keys = torch.arange(self.span, device=rows.device)
+        # query at absolute position p sees keys 0..p of its own row
+        self.mask = (keys[None, None, :] <= self.positions[:, :, None]).unsqueeze(1)
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store k, v (B, H, S, D) at their positions; return the row's keys/values so far."""
+        c, rows = self.cache, self.rows[:, None]
+        c.k[layer][rows, self.positions] = k.transpose(1, 2).to(c.k.dtype)
+        c.v[layer][rows, self.positions] = v.transpose(1, 2).to(c.v.dtype)
+        keys = c.k[layer][self.rows, : self.span].transpose(1, 2)
+        values = c.v[layer][self.rows, : self.span].transpose(1, 2)
+        return keys.to(k.dtype), values.to(v.dtype)
+
+    def advance(self) -> None:
+        self.cache.lengths[self.rows] = self.positions[:, -1] + 1
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, causal: bool, cross: bool = False):
+        super().__init__()
+        self.causal, self.cross = causal, cross
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        kv_dim = cfg.n_kv_head * cfg.head_dim
+        self.q = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.kv = nn.Linear(cfg.d_model, 2 * kv_dim, bias=False)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(
+        self,
+        x: Tensor,
+        rotary: Rotary | None,
+        positions: Tensor,
+        layer: int = 0,
+        cache: CacheView | None = None,
+        memory: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+    ) -> Tensor:
+        B, S, _ = x.shape
+        q = self.q(x).view(B, S, self.n_head, self.head_dim).transpose(1, 2)
+        src = memory if self.cross else x
+        k, v = self.kv(src).view(B, src.size(1), 2, self.n_kv_head, self.head_dim).unbind(2)
+        k, v = k.transpose(1, 2), v.transpose(1, 2)
+        if not self.cross:  # cross-attention keys come from another sequence: no shared positions
+            q, k = rotary(q, positions), rotary(k, positions)
+        mask, is_causal = None, self.causal
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+            mask, is_causal = cache.mask, False
+        elif key_padding_mask is not None:  # (B, T) True where a real token is
+            mask = key_padding_mask[:, None, None, :]
+            if self.causal:
+                mask = mask & torch.ones(S, S, dtype=torch.bool, device=x.device).tril()
+            is_causal = False
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal,
+            enable_gqa=self.n_kv_head != self.n_head,
+        )
+        return self.out(y.transpose(1, 2).reshape(B, S, -1))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_up = nn.Linear(cfg.d_model, 2 * cfg.d_ff, bias=False)
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; `cross=True` adds attention to an encoder's output."""
+
+    def __init__(self, cfg: ModelConfig, causal: bool, cross: bool = False):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model)
+        self.attn = Attention(cfg, causal=causal)
+        self.cross_norm = RMSNorm(cfg.d_model) if cross else None
+        self.cross_attn = Attention(cfg, causal=False, cross=True) if cross else None
+        self.mlp_norm = RMSNorm(cfg.d_model)
+        self.mlp = SwiGLU(cfg)
+
+    def forward(
+        self,
+        x: Tensor,
+        rotary: Rotary,
+        positions: Tensor,
+        layer: int = 0,
+        cache: CacheView | None = None,
+        key_padding_mask: Tensor | None = None,
+        memory: Tensor | None = None,
+        memory_padding_mask: Tensor | None = None,
+    ) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), rotary, positions, layer, cache,
+                          key_padding_mask=key_padding_mask)
+        if self.cross_attn is not None:
+            x = x + self.cross_attn(self.cross_norm(x), None, positions, memory=memory,
+                                    key_padding_mask=memory_padding_mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+def init_weights(module: nn.Module, n_layer: int) -> None:
+    """GPT-2 style init: N(0, 0.02), residual output projections scaled down by depth."""
+    for name, p in module.named_parameters():
+        if p.dim() < 2:
+            continue
+        std = 0.02
+        if name.endswith(("out.weight", "down.weight")):
+            std /= math.sqrt(2 * n_layer)
+        nn.init.normal_(p, mean=0.0, std=std)

@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny corpus and a tiny pretrained run, built once per test session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from chatsmith.data import chitchat
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> dict[str, Path]:
+    """A few hundred real conversations as plain text files (train and held-out)."""
+    root = tmp_path_factory.mktemp("corpus")
+    train, val = root / "train.txt", root / "val.txt"
+    train.write_text("\n\n".join(chitchat.documents("train")[:400]))
+    val.write_text("\n\n".join(chitchat.documents("val")[:40]))
+    return {"train": train, "val": val, "root": root}
+
+
+def tiny_args(corpus: dict[str, Path], **over) -> dict:
+    from chatsmith.training.pretrain import PRETRAIN_DEFAULTS
+
+    args = dict(PRETRAIN_DEFAULTS)
+    args.update(data=str(corpus["train"]), val_data=str(corpus["val"]), vocab_size=512,
+                preset="tiny", seq_len=64, batch_size=8, eval_every=20, save_every=20,
+                warmup_steps=5, lr=3e-3)
+    args.update(over)
+    return args
+
+
+def tiny_flags(out: Path, max_steps: int, resume: bool = False, seed: int = 7):
+    from chatsmith.training.loop import RunFlags
+
+    return RunFlags(out=out, resume=resume, max_steps=max_steps, device=torch.device("cpu"),
+                    seed=seed)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(corpus, tmp_path_factory) -> Path:
+    """A tiny pretrained decoder run folder (tokenizer, checkpoint, metrics)."""
+    from chatsmith.training.pretrain import pretrain
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    pretrain(tiny_args(corpus), tiny_flags(out, 40), quiet=True, say=lambda *_: None)
+    return out
+
+
+def run_cli(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    """Run the real `chatsmith` command line in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "chatsmith.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, **kw)
