@@ -18,8 +18,9 @@ from chatsmith.tokenizer import Tokenizer
 ROLES = ("system", "user", "assistant")
 
 
-def validate_messages(messages: object, where: str = "conversation",
-                      need_assistant: bool = False) -> list[dict]:
+def validate_messages(
+    messages: object, where: str = "conversation", need_assistant: bool = False
+) -> list[dict]:
     """Check an OpenAI-style message list; return it with plain `role`/`content` dicts."""
     if not isinstance(messages, list) or not messages:
         raise ChatsmithError(f"{where}: messages must be a non-empty list")

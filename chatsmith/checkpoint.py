@@ -5,7 +5,8 @@ A run folder looks like this:
     RUN/run.json               stage, model config, training settings
     RUN/tokenizer.json         Hugging Face tokenizer
     RUN/metrics.jsonl          one JSON object per logged step or evaluation
-    RUN/checkpoints/step_N/    model.safetensors, state.safetensors + state.json (optimizer, RNG, data)
+    RUN/checkpoints/step_N/    model.safetensors; state.safetensors + state.json (optimizer,
+                               RNG, data position)
     RUN/latest                 name of the newest complete checkpoint
 
 A checkpoint is written into a temporary folder and renamed into place, and `latest` is
@@ -46,7 +47,9 @@ def _split_tree(tree: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any
         tensors[prefix] = tree.detach().cpu().contiguous()
         return {"__tensor__": prefix}
     if isinstance(tree, dict):
-        return {"__dict__": [[k, _split_tree(v, f"{prefix}.{k}", tensors)] for k, v in tree.items()]}
+        return {
+            "__dict__": [[k, _split_tree(v, f"{prefix}.{k}", tensors)] for k, v in tree.items()]
+        }
     if isinstance(tree, (list, tuple)):
         return [_split_tree(v, f"{prefix}.{i}", tensors) for i, v in enumerate(tree)]
     return tree
@@ -98,8 +101,9 @@ def save_checkpoint(
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _split_tree(state, "s", tensors)
     save_file(tensors, str(tmp / "state.safetensors"))
-    write_json_atomic(tmp / "state.json",
-                      {"step": step, "model_config": cfg.to_dict(), "state": skeleton})
+    write_json_atomic(
+        tmp / "state.json", {"step": step, "model_config": cfg.to_dict(), "state": skeleton}
+    )
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -130,7 +134,9 @@ def load_checkpoint(run_dir: Path, with_state: bool = True) -> Checkpoint:
         cfg = ModelConfig.from_dict(meta["model_config"])
         step = int(meta["step"])
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ChatsmithError(f"checkpoint {path} is corrupt: cannot read state.json ({e})") from None
+        raise ChatsmithError(
+            f"checkpoint {path} is corrupt: cannot read state.json ({e})"
+        ) from None
     state = {}
     if with_state:
         state = _join_tree(meta["state"], _load_safetensors(path / "state.safetensors"))
@@ -140,7 +146,9 @@ def load_checkpoint(run_dir: Path, with_state: bool = True) -> Checkpoint:
 def load_model_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
     weights = ckpt.model_weights()
     missing, unexpected = model.load_state_dict(weights, strict=False)
-    missing = [k for k in missing if not (k == "lm_head.weight" and ckpt.model_config.tie_embeddings)]
+    missing = [
+        k for k in missing if not (k == "lm_head.weight" and ckpt.model_config.tie_embeddings)
+    ]
     if missing or unexpected:
         raise ChatsmithError(
             f"checkpoint {ckpt.path} does not fit its model config "

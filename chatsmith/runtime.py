@@ -20,7 +20,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ChatsmithError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+        raise ChatsmithError(
+            f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ChatsmithError(f"device {name!r} asked for, but CUDA is not available here")
     return device

@@ -109,7 +109,9 @@ class Tokenizer:
         try:
             hf = HFTokenizer.from_file(str(path))
         except Exception as e:  # the library raises a bare Exception on bad JSON
-            raise ChatsmithError(f"cannot read tokenizer {path}: {str(e).splitlines()[0]}") from None
+            raise ChatsmithError(
+                f"cannot read tokenizer {path}: {str(e).splitlines()[0]}"
+            ) from None
         return cls(hf)
 
     @classmethod

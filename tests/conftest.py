@@ -29,9 +29,18 @@ def tiny_args(corpus: dict[str, Path], **over) -> dict:
     from chatsmith.training.pretrain import PRETRAIN_DEFAULTS
 
     args = dict(PRETRAIN_DEFAULTS)
-    args.update(data=str(corpus["train"]), val_data=str(corpus["val"]), vocab_size=512,
-                preset="tiny", seq_len=64, batch_size=8, eval_every=20, save_every=20,
-                warmup_steps=5, lr=3e-3)
+    args.update(
+        data=str(corpus["train"]),
+        val_data=str(corpus["val"]),
+        vocab_size=512,
+        preset="tiny",
+        seq_len=64,
+        batch_size=8,
+        eval_every=20,
+        save_every=20,
+        warmup_steps=5,
+        lr=3e-3,
+    )
     args.update(over)
     return args
 
@@ -39,8 +48,9 @@ def tiny_args(corpus: dict[str, Path], **over) -> dict:
 def tiny_flags(out: Path, max_steps: int, resume: bool = False, seed: int = 7):
     from chatsmith.training.loop import RunFlags
 
-    return RunFlags(out=out, resume=resume, max_steps=max_steps, device=torch.device("cpu"),
-                    seed=seed)
+    return RunFlags(
+        out=out, resume=resume, max_steps=max_steps, device=torch.device("cpu"), seed=seed
+    )
 
 
 @pytest.fixture(scope="session")
@@ -55,5 +65,10 @@ def tiny_run(corpus, tmp_path_factory) -> Path:
 
 def run_cli(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
     """Run the real `chatsmith` command line in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "chatsmith.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "chatsmith.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )

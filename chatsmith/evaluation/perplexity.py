@@ -14,11 +14,19 @@ from chatsmith.runtime import autocast
 BUILTIN_VAL = "builtin:chitchat"
 
 
-def evaluate_text(run: LoadedRun, data: str, batch_size: int = 8,
-                  max_tokens: int | None = None, progress=None) -> Score:
+def evaluate_text(
+    run: LoadedRun, data: str, batch_size: int = 8, max_tokens: int | None = None, progress=None
+) -> Score:
     docs = chitchat.documents("val") if data == BUILTIN_VAL else iter_documents(data)
     tokens = tokenize_documents(run.tokenizer, docs, max_tokens)
     bpt = torch.tensor(run.tokenizer.bytes_per_token, dtype=torch.long)
     device = next(run.model.parameters()).device
-    return score_tokens(run.model, tokens, bpt, run.cfg.max_seq_len, batch_size,
-                        autocast=lambda: autocast(device), progress=progress)
+    return score_tokens(
+        run.model,
+        tokens,
+        bpt,
+        run.cfg.max_seq_len,
+        batch_size,
+        autocast=lambda: autocast(device),
+        progress=progress,
+    )

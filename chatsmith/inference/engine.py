@@ -46,7 +46,7 @@ class SamplingParams:
 
 
 def sample_token(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> int:
-    """Pick one token id from a (V,) row of logits: greedy at temperature 0, else filtered sampling."""
+    """One token id from a (V,) row of logits: greedy at temperature 0, else filtered sampling."""
     if params.temperature == 0:
         return int(logits.argmax())
     logits = logits.float() / params.temperature
@@ -81,8 +81,13 @@ class Generation:
 
 
 class Engine:
-    def __init__(self, model: nn.Module, stop_ids: Sequence[int], max_batch: int = 1,
-                 dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        stop_ids: Sequence[int],
+        max_batch: int = 1,
+        dtype: torch.dtype | None = None,
+    ):
         self.model = model.eval()
         self.cfg = model.cfg
         self.device = next(model.parameters()).device
@@ -179,8 +184,9 @@ class Engine:
         finally:
             self.release(seq)
 
-    def generate_many(self, prompts: list[list[int]],
-                      params: SamplingParams | list[SamplingParams]) -> list[Generation]:
+    def generate_many(
+        self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]
+    ) -> list[Generation]:
         """Generate a reply for every prompt, decoding up to `max_batch` of them together."""
         plist = params if isinstance(params, list) else [params] * len(prompts)
         pending = list(range(len(prompts)))[::-1]

@@ -8,7 +8,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from chatsmith.checkpoint import load_checkpoint, load_model_weights, load_run_tokenizer, read_run_info
+from chatsmith.checkpoint import (
+    load_checkpoint,
+    load_model_weights,
+    load_run_tokenizer,
+    read_run_info,
+)
 from chatsmith.inference.engine import Engine
 from chatsmith.models import ModelConfig, build_model
 from chatsmith.runtime import resolve_device

@@ -69,5 +69,9 @@ def score_tokens(
             progress(len(chunk))
     if was_training:
         model.train()
-    return Score(total_nats / max(total_tokens, 1), bits_per_byte(total_nats, total_bytes),
-                 total_tokens, total_bytes)
+    return Score(
+        total_nats / max(total_tokens, 1),
+        bits_per_byte(total_nats, total_bytes),
+        total_tokens,
+        total_bytes,
+    )

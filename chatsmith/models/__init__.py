@@ -9,8 +9,16 @@ from chatsmith.models.decoder import IGNORE_INDEX, Decoder
 from chatsmith.models.layers import KVCache
 
 __all__ = [
-    "IGNORE_INDEX", "PRESETS", "Decoder", "KVCache", "ModelConfig", "build_model",
-    "config_from_depth", "config_from_preset", "format_card", "model_card",
+    "IGNORE_INDEX",
+    "PRESETS",
+    "Decoder",
+    "KVCache",
+    "ModelConfig",
+    "build_model",
+    "config_from_depth",
+    "config_from_preset",
+    "format_card",
+    "model_card",
 ]
 
 

@@ -61,8 +61,10 @@ class Decoder(nn.Module):
         if targets is not None:
             logits = self.lm_head(x).float()
             loss = F.cross_entropy(
-                logits.view(-1, logits.size(-1)), targets.reshape(-1),
-                ignore_index=IGNORE_INDEX, reduction=reduction,
+                logits.view(-1, logits.size(-1)),
+                targets.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+                reduction=reduction,
             )
             return None, loss if reduction != "none" else loss.view(B, S)
         if last_only:

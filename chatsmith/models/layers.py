@@ -72,8 +72,9 @@ class KVCache:
 
     @classmethod
     def for_model(cls, cfg: ModelConfig, batch_size: int, device, dtype) -> KVCache:
-        return cls(cfg.n_layer, batch_size, cfg.max_seq_len, cfg.n_kv_head, cfg.head_dim,
-                   device, dtype)
+        return cls(
+            cfg.n_layer, batch_size, cfg.max_seq_len, cfg.n_kv_head, cfg.head_dim, device, dtype
+        )
 
     def reset(self, rows: Tensor | None = None) -> None:
         if rows is None:
@@ -95,7 +96,9 @@ class CacheView:
         self.positions = start[:, None] + torch.arange(seq_len, device=rows.device)  # (B, S)
         self.span = int((start + seq_len).max())
         if self.span > cache.max_seq_len:
-            raise ValueError(f"sequence of {self.span} tokens exceeds the cache ({cache.max_seq_len})")
+            raise ValueError(
+                f"sequence of {self.span} tokens exceeds the cache ({cache.max_seq_len})"
+            )
         keys = torch.arange(self.span, device=rows.device)
         # query at absolute position p sees keys 0..p of its own row
         self.mask = (keys[None, None, :] <= self.positions[:, :, None]).unsqueeze(1)
@@ -150,7 +153,11 @@ class Attention(nn.Module):
                 mask = mask & torch.ones(S, S, dtype=torch.bool, device=x.device).tril()
             is_causal = False
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal,
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=is_causal,
             enable_gqa=self.n_kv_head != self.n_head,
         )
         return self.out(y.transpose(1, 2).reshape(B, S, -1))
@@ -190,11 +197,17 @@ class Block(nn.Module):
         memory: Tensor | None = None,
         memory_padding_mask: Tensor | None = None,
     ) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), rotary, positions, layer, cache,
-                          key_padding_mask=key_padding_mask)
+        x = x + self.attn(
+            self.attn_norm(x), rotary, positions, layer, cache, key_padding_mask=key_padding_mask
+        )
         if self.cross_attn is not None:
-            x = x + self.cross_attn(self.cross_norm(x), None, positions, memory=memory,
-                                    key_padding_mask=memory_padding_mask)
+            x = x + self.cross_attn(
+                self.cross_norm(x),
+                None,
+                positions,
+                memory=memory,
+                key_padding_mask=memory_padding_mask,
+            )
         return x + self.mlp(self.mlp_norm(x))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -119,11 +120,13 @@ def train(
     flags: RunFlags,
     run_info: dict,
     quiet: bool = False,
+    on_step: Callable[[int, float, float], None] | None = None,
 ) -> TrainResult:
     """Train `model` with `objective` until the step or time budget is spent.
 
     The caller seeds the RNG (seed_everything) before building the model and objective, so that
-    initialisation is reproducible too.
+    initialisation is reproducible too. `on_step(step, budget_progress, loss)`, if given, is
+    called after every optimizer step (for a caller's own progress display).
     """
     if not flags.max_steps and not flags.max_minutes:
         raise ChatsmithError("give a budget: --max-steps and/or --max-minutes")
@@ -132,8 +135,12 @@ def train(
     configure_cuda()
     model.to(device)
     optimizers = build_optimizers(
-        model, settings.optimizer, settings.lr, settings.weight_decay,
-        (settings.beta1, settings.beta2), settings.muon_lr,
+        model,
+        settings.optimizer,
+        settings.lr,
+        settings.weight_decay,
+        (settings.beta1, settings.beta2),
+        settings.muon_lr,
     )
     step, elapsed, tokens_seen = 0, 0.0, 0
     if flags.resume:
@@ -145,8 +152,9 @@ def train(
         set_rng_state(ckpt.state["rng"])
         step, elapsed, tokens_seen = ckpt.step, ckpt.state["elapsed"], ckpt.state["tokens"]
     else:
-        write_json_atomic(run_dir / RUN_FILE, {**run_info, "model": cfg.to_dict(),
-                                               "train": asdict(settings)})
+        write_json_atomic(
+            run_dir / RUN_FILE, {**run_info, "model": cfg.to_dict(), "train": asdict(settings)}
+        )
     use_compile = settings.compile if settings.compile is not None else device.type == "cuda"
     fwd_model = torch.compile(model) if use_compile else model
     metrics = MetricsLog(run_dir, resume_step=step)
@@ -169,16 +177,25 @@ def train(
         return result
 
     bar = tqdm(
-        total=flags.max_steps, initial=step, disable=quiet, file=sys.stderr,
-        desc=objective.name, dynamic_ncols=True, unit="step",
+        total=flags.max_steps,
+        initial=step,
+        disable=quiet,
+        file=sys.stderr,
+        desc=objective.name,
+        dynamic_ncols=True,
+        unit="step",
     )
     loss_window: list[float] = []
     step_loss = smooth_loss = math.nan
     model.train()
     while _budget_progress(step, elapsed, flags) < 1.0:
         t0 = time.perf_counter()
-        factor = lr_factor(step, _budget_progress(step, elapsed, flags),
-                           settings.warmup_steps, settings.min_lr_ratio)
+        factor = lr_factor(
+            step,
+            _budget_progress(step, elapsed, flags),
+            settings.warmup_steps,
+            settings.min_lr_ratio,
+        )
         set_lr(optimizers, factor)
         step_loss, step_tokens, extras = 0.0, 0, {}
         for _ in range(settings.grad_accum):
@@ -208,9 +225,16 @@ def train(
         smooth_loss = step_loss if math.isnan(smooth_loss) else 0.9 * smooth_loss + 0.1 * step_loss
         tok_s = step_tokens / dt
         if step % settings.log_every == 0 or step == 1:
-            record = {"step": step, "loss": sum(loss_window) / len(loss_window),
-                      "lr_factor": factor, "grad_norm": grad_norm, "tokens_per_s": tok_s,
-                      "tokens": tokens_seen, "elapsed_s": elapsed, **extras}
+            record = {
+                "step": step,
+                "loss": sum(loss_window) / len(loss_window),
+                "lr_factor": factor,
+                "grad_norm": grad_norm,
+                "tokens_per_s": tok_s,
+                "tokens": tokens_seen,
+                "elapsed_s": elapsed,
+                **extras,
+            }
             metrics.write(record)
             loss_window.clear()
         progress = _budget_progress(step, elapsed, flags)
@@ -219,10 +243,14 @@ def train(
             f"loss {step_loss:.3f} | {tok_s:,.0f} tok/s | eta {eta:,.0f}s", refresh=False
         )
         bar.update(1)
+        if on_step is not None:
+            on_step(step, progress, step_loss)
         if step % settings.eval_every == 0 and _budget_progress(step, elapsed, flags) < 1.0:
             result = evaluate()
-            bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()
-                                                   if isinstance(v, float)))
+            bar.write(
+                f"step {step}: "
+                + ", ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float))
+            )
             if "val_loss" in result:
                 warning = watch.check(smooth_loss, result["val_loss"])
                 if warning:

@@ -46,8 +46,12 @@ class OverfitWatch:
         return None
 
 
-def plot_curves(run_dir: Path, keys: tuple[str, str] = ("loss", "val_loss"),
-                filename: str = "loss_curve.png", ylabel: str = "loss (nats/token)") -> Path | None:
+def plot_curves(
+    run_dir: Path,
+    keys: tuple[str, str] = ("loss", "val_loss"),
+    filename: str = "loss_curve.png",
+    ylabel: str = "loss (nats/token)",
+) -> Path | None:
     """Plot a training key and a held-out key against step; None if matplotlib is missing."""
     try:
         import matplotlib
@@ -61,7 +65,9 @@ def plot_curves(run_dir: Path, keys: tuple[str, str] = ("loss", "val_loss"),
     for key, label in zip(keys, ("train", "held-out")):
         pts = [(r["step"], r[key]) for r in records if key in r]
         if pts:
-            ax.plot(*zip(*pts), label=f"{label} ({key})", marker="o" if label == "held-out" else None)
+            ax.plot(
+                *zip(*pts), label=f"{label} ({key})", marker="o" if label == "held-out" else None
+            )
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)

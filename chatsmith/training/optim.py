@@ -31,7 +31,7 @@ def _newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
 
 
 class Muon(torch.optim.Optimizer):
-    """Momentum SGD whose update for each weight matrix is orthogonalized (hidden 2-D weights only)."""
+    """Momentum SGD whose update of each hidden weight matrix is orthogonalized."""
 
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, weight_decay: float = 0.0):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
@@ -56,7 +56,11 @@ class Muon(torch.optim.Optimizer):
 
 
 def build_optimizers(
-    model: nn.Module, name: str, lr: float, weight_decay: float, betas: tuple[float, float],
+    model: nn.Module,
+    name: str,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
     muon_lr: float = 0.02,
 ) -> list[torch.optim.Optimizer]:
     """AdamW everywhere, or Muon for hidden matrices with AdamW for embeddings, head and norms.
@@ -80,15 +84,23 @@ def build_optimizers(
     fused = {"fused": True} if next(model.parameters()).is_cuda else {}
     if name == "muon":
         adam = torch.optim.AdamW(
-            [{"params": embeddings, "weight_decay": weight_decay},
-             {"params": vectors, "weight_decay": 0.0}],
-            lr=lr, betas=betas, **fused,
+            [
+                {"params": embeddings, "weight_decay": weight_decay},
+                {"params": vectors, "weight_decay": 0.0},
+            ],
+            lr=lr,
+            betas=betas,
+            **fused,
         )
         return [Muon(matrices, lr=muon_lr, weight_decay=0.0), adam]
     adam = torch.optim.AdamW(
-        [{"params": matrices + embeddings, "weight_decay": weight_decay},
-         {"params": vectors, "weight_decay": 0.0}],
-        lr=lr, betas=betas, **fused,
+        [
+            {"params": matrices + embeddings, "weight_decay": weight_decay},
+            {"params": vectors, "weight_decay": 0.0},
+        ],
+        lr=lr,
+        betas=betas,
+        **fused,
     )
     return [adam]
 

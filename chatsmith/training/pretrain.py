@@ -54,8 +54,16 @@ class LanguageModeling:
 
     name = "pretrain"
 
-    def __init__(self, train_tokens: torch.Tensor, val_tokens: torch.Tensor, tok: Tokenizer,
-                 seq_len: int, batch_size: int, seed: int, device: torch.device):
+    def __init__(
+        self,
+        train_tokens: torch.Tensor,
+        val_tokens: torch.Tensor,
+        tok: Tokenizer,
+        seq_len: int,
+        batch_size: int,
+        seed: int,
+        device: torch.device,
+    ):
         self.windows = TokenWindows(train_tokens, seq_len, batch_size, seed)
         self.val_tokens, self.seq_len, self.device = val_tokens, seq_len, device
         self.bytes_per_token = torch.tensor(tok.bytes_per_token, dtype=torch.long)
@@ -63,7 +71,10 @@ class LanguageModeling:
 
     def next_batch(self, model: nn.Module) -> dict:
         x, y = self.windows.next_batch()
-        return {"x": x.to(self.device, non_blocking=True), "y": y.to(self.device, non_blocking=True)}
+        return {
+            "x": x.to(self.device, non_blocking=True),
+            "y": y.to(self.device, non_blocking=True),
+        }
 
     def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         return model(batch["x"], batch["y"])[1], {"epoch": self.windows.epoch}
@@ -72,8 +83,14 @@ class LanguageModeling:
         return batch["y"].numel()
 
     def evaluate(self, model: nn.Module, final: bool) -> dict:
-        score = score_tokens(model, self.val_tokens, self.bytes_per_token, self.seq_len,
-                             self.eval_batch, None if final else QUICK_EVAL_TOKENS)
+        score = score_tokens(
+            model,
+            self.val_tokens,
+            self.bytes_per_token,
+            self.seq_len,
+            self.eval_batch,
+            None if final else QUICK_EVAL_TOKENS,
+        )
         return {"val_loss": score.loss, "val_bpb": score.bpb, "val_tokens": score.tokens}
 
     def state_dict(self) -> dict:
@@ -93,7 +110,9 @@ def _take(docs: Iterable[str], max_bytes: float) -> list[str]:
     return out
 
 
-def load_corpus(data: str, val_data: str | None, max_text_mb: float) -> tuple[list[str], list[str] | None]:
+def load_corpus(
+    data: str, val_data: str | None, max_text_mb: float
+) -> tuple[list[str], list[str] | None]:
     """Training and held-out documents; held-out is None when it is to be cut from the tokens."""
     if data == BUILTIN:
         if val_data is None:
@@ -106,8 +125,11 @@ def load_corpus(data: str, val_data: str | None, max_text_mb: float) -> tuple[li
 
 
 def model_config(args: dict, vocab_size: int) -> ModelConfig:
-    sizes = {"vocab_size": vocab_size, "max_seq_len": args["seq_len"],
-             "n_kv_head": args.get("n_kv_head")}
+    sizes = {
+        "vocab_size": vocab_size,
+        "max_seq_len": args["seq_len"],
+        "n_kv_head": args.get("n_kv_head"),
+    }
     if args.get("depth"):
         if args["n_kv_head"] is None:
             sizes["n_kv_head"] = args["depth"]
@@ -115,9 +137,17 @@ def model_config(args: dict, vocab_size: int) -> ModelConfig:
     return config_from_preset(args["preset"], **sizes)
 
 
-def pretrain(args: dict, flags: RunFlags, flag_info: dict | None = None, quiet: bool = False,
-             say=print) -> TrainResult:
-    """Train a tokenizer (unless resuming) and a decoder-only model from `args` (see defaults)."""
+def pretrain(
+    args: dict,
+    flags: RunFlags,
+    flag_info: dict | None = None,
+    quiet: bool = False,
+    say=print,
+    on_step=None,
+) -> TrainResult:
+    """Train a tokenizer (unless resuming) and a decoder-only model from `args` (see defaults).
+
+    `on_step` is passed to the training loop (for a caller's own progress display)."""
     seed_everything(flags.seed)
     out = Path(flags.out)
     train_docs, val_docs = load_corpus(args["data"], args.get("val_data"), args["max_text_mb"])
@@ -138,14 +168,20 @@ def pretrain(args: dict, flags: RunFlags, flag_info: dict | None = None, quiet: 
     if len(val_tokens) < 2:
         raise ChatsmithError("held-out data is too small to evaluate; give --val-data")
     model = build_model(cfg)
-    objective = LanguageModeling(train_tokens, val_tokens, tok, cfg.max_seq_len,
-                                 args["batch_size"], flags.seed, flags.device)
+    objective = LanguageModeling(
+        train_tokens, val_tokens, tok, cfg.max_seq_len, args["batch_size"], flags.seed, flags.device
+    )
     settings = TrainSettings(
-        batch_size=args["batch_size"], grad_accum=args["grad_accum"], lr=args["lr"],
-        warmup_steps=args["warmup_steps"], optimizer=args["optimizer"],
-        eval_every=args["eval_every"], save_every=args["save_every"], compile=args["compile"],
+        batch_size=args["batch_size"],
+        grad_accum=args["grad_accum"],
+        lr=args["lr"],
+        warmup_steps=args["warmup_steps"],
+        optimizer=args["optimizer"],
+        eval_every=args["eval_every"],
+        save_every=args["save_every"],
+        compile=args["compile"],
     )
     say(f"data: {len(train_tokens):,} training tokens, {len(val_tokens):,} held-out tokens")
     say(format_card(model_card(cfg, model)))
     info = {"stage": "pretrain", "args": args, "flags": flag_info or {}}
-    return train(model, cfg, objective, settings, flags, info, quiet=quiet)
+    return train(model, cfg, objective, settings, flags, info, quiet=quiet, on_step=on_step)
