@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from chatsmith.errors import ChatsmithError
 from chatsmith.models import ModelConfig
@@ -94,10 +94,8 @@ def save_checkpoint(
     final, tmp = root / name, root / f".tmp_{name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    if cfg.tie_embeddings:  # safetensors refuses shared storage; the tie is rebuilt on load
-        weights.pop("lm_head.weight", None)
-    save_file(weights, str(tmp / "model.safetensors"))
+    # save_model keeps one copy of tied weights (embedding = LM head); load_model re-ties them
+    save_model(model, str(tmp / "model.safetensors"))
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _split_tree(state, "s", tensors)
     save_file(tensors, str(tmp / "state.safetensors"))
@@ -144,15 +142,19 @@ def load_checkpoint(run_dir: Path, with_state: bool = True) -> Checkpoint:
 
 
 def load_model_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
-    weights = ckpt.model_weights()
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    missing = [
-        k for k in missing if not (k == "lm_head.weight" and ckpt.model_config.tie_embeddings)
-    ]
+    path = ckpt.path / "model.safetensors"
+    if not path.is_file():
+        raise ChatsmithError(f"checkpoint file {path} is missing")
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False, device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ChatsmithError(f"checkpoint {path} is corrupt or truncated ({e})") from None
+    except RuntimeError as e:  # shapes differ from the config
+        raise ChatsmithError(f"checkpoint {path} does not fit its model config: {e}") from None
     if missing or unexpected:
         raise ChatsmithError(
             f"checkpoint {ckpt.path} does not fit its model config "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
         )
 
 

@@ -39,13 +39,12 @@ class Decoder(nn.Module):
 
         With `targets`, the loss is cross-entropy over positions whose target is not
         IGNORE_INDEX, and logits are not returned (saves the (B, S, V) tensor's memory).
-        With `cache`, idx extends the cache rows `rows` (default: all rows) in place.
+        With `cache`, idx extends the cache rows `rows` in place; `rows=None` means every row of
+        the cache at once (static shapes, for CUDA-graph decoding).
         """
         B, S = idx.shape
         view = None
         if cache is not None:
-            if rows is None:
-                rows = torch.arange(B, device=idx.device)
             view = CacheView(cache, rows, S)
             positions = view.positions
         else:

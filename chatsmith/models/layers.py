@@ -87,33 +87,54 @@ class KVCache:
 
 
 class CacheView:
-    """The rows of a KVCache that one forward pass reads and extends."""
+    """The rows of a KVCache that one forward pass reads and extends.
 
-    def __init__(self, cache: KVCache, rows: Tensor, seq_len: int):
-        self.cache = cache
-        self.rows = rows
-        start = cache.lengths[rows]  # (B,)
-        self.positions = start[:, None] + torch.arange(seq_len, device=rows.device)  # (B, S)
-        self.span = int((start + seq_len).max())
-        if self.span > cache.max_seq_len:
-            raise ValueError(
-                f"sequence of {self.span} tokens exceeds the cache ({cache.max_seq_len})"
-            )
-        keys = torch.arange(self.span, device=rows.device)
+    With `rows=None` the pass covers every row of the cache and attends over its whole length
+    under a mask: shapes are then static and nothing waits on the GPU, so the step can be
+    captured in a CUDA graph. Rows not in use compute garbage that nobody reads.
+    """
+
+    def __init__(self, cache: KVCache, rows: Tensor | None, seq_len: int):
+        self.cache, self.rows = cache, rows
+        device = cache.lengths.device
+        start = cache.lengths if rows is None else cache.lengths[rows]  # (B,)
+        positions = start[:, None] + torch.arange(seq_len, device=device)  # (B, S)
+        if rows is None:
+            self.span = cache.max_seq_len
+            # idle rows keep advancing; pin them in range instead of checking on the host
+            positions = positions.clamp(max=cache.max_seq_len - 1)
+        else:
+            self.span = int((start + seq_len).max())
+            if self.span > cache.max_seq_len:
+                raise ValueError(
+                    f"sequence of {self.span} tokens exceeds the cache ({cache.max_seq_len})"
+                )
+        self.positions = positions
+        keys = torch.arange(self.span, device=device)
         # query at absolute position p sees keys 0..p of its own row
-        self.mask = (keys[None, None, :] <= self.positions[:, :, None]).unsqueeze(1)
+        self.mask = (keys[None, None, :] <= positions[:, :, None]).unsqueeze(1)
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store k, v (B, H, S, D) at their positions; return the row's keys/values so far."""
-        c, rows = self.cache, self.rows[:, None]
-        c.k[layer][rows, self.positions] = k.transpose(1, 2).to(c.k.dtype)
-        c.v[layer][rows, self.positions] = v.transpose(1, 2).to(c.v.dtype)
-        keys = c.k[layer][self.rows, : self.span].transpose(1, 2)
-        values = c.v[layer][self.rows, : self.span].transpose(1, 2)
+        c = self.cache
+        if self.rows is None:
+            batch = torch.arange(k.size(0), device=k.device)[:, None]
+            c.k[layer][batch, self.positions] = k.transpose(1, 2).to(c.k.dtype)
+            c.v[layer][batch, self.positions] = v.transpose(1, 2).to(c.v.dtype)
+            keys, values = c.k[layer].transpose(1, 2), c.v[layer].transpose(1, 2)
+        else:
+            rows = self.rows[:, None]
+            c.k[layer][rows, self.positions] = k.transpose(1, 2).to(c.k.dtype)
+            c.v[layer][rows, self.positions] = v.transpose(1, 2).to(c.v.dtype)
+            keys = c.k[layer][self.rows, : self.span].transpose(1, 2)
+            values = c.v[layer][self.rows, : self.span].transpose(1, 2)
         return keys.to(k.dtype), values.to(v.dtype)
 
     def advance(self) -> None:
-        self.cache.lengths[self.rows] = self.positions[:, -1] + 1
+        if self.rows is None:
+            self.cache.lengths.copy_(self.positions[:, -1] + 1)
+        else:
+            self.cache.lengths[self.rows] = self.positions[:, -1] + 1
 
 
 class Attention(nn.Module):
