@@ -1,0 +1,63 @@
+"""One decode step over every row of the KV cache at once, with fixed shapes.
+
+Decoding one token is a few hundred small kernels; at small batch their launch cost, not the
+arithmetic, sets the speed. With fixed shapes and no host synchronisation the whole step can be
+recorded once as a CUDA graph and replayed with a single launch (the approach gpt-fast takes
+with torch.compile's reduce-overhead mode; here the graph is captured directly). Rows not being
+decoded this step compute garbage that is never read, and their cache length is put back.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from chatsmith.models import KVCache
+
+
+class StaticDecoder:
+    def __init__(self, model: nn.Module, cache: KVCache, use_graph: bool):
+        self.model, self.cache = model, cache
+        batch, device = cache.lengths.numel(), cache.lengths.device
+        self.tokens = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.active = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.logits: torch.Tensor | None = None
+        self.graph: torch.cuda.CUDAGraph | None = None
+        if use_graph:
+            self._capture()
+
+    def _run(self) -> torch.Tensor:
+        saved = self.cache.lengths.clone()
+        logits, _ = self.model(self.tokens, cache=self.cache, rows=None, last_only=True)
+        self.cache.lengths.copy_(torch.where(self.active, self.cache.lengths, saved))
+        return logits[:, -1]
+
+    @torch.inference_mode()
+    def _capture(self) -> None:
+        # warm up on a side stream (lazy init, autotuning), as CUDA graph capture requires;
+        # with no row active, the warm-up leaves every cache length as it was
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self._run()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self._run()
+
+    @torch.inference_mode()
+    def __call__(self, slots: list[int], tokens: list[int]) -> torch.Tensor:
+        """Logits (len(slots), V) for feeding `tokens[i]` to the sequence in `slots[i]`."""
+        device = self.tokens.device
+        idx = torch.tensor(slots, device=device)
+        self.tokens.zero_()
+        self.active.zero_()
+        self.tokens[idx, 0] = torch.tensor(tokens, device=device)
+        self.active[idx] = True
+        if self.graph is not None:
+            self.graph.replay()
+            logits = self.logits
+        else:
+            logits = self._run()
+        return logits[idx]

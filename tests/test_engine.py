@@ -1,0 +1,91 @@
+"""The inference engine: batching is invisible to each sequence; the static decode step agrees."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from chatsmith.errors import ChatsmithError
+from chatsmith.inference.engine import ContextOverflow, Engine, EngineFull, SamplingParams
+from chatsmith.inference.static_decode import StaticDecoder
+from chatsmith.models import KVCache, ModelConfig, build_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=64, n_layer=2, n_head=2, n_kv_head=1, d_model=32, max_seq_len=48)
+    return build_model(cfg).eval()
+
+
+def prompts(n: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(1)
+    return [torch.randint(2, 64, (3 + 2 * i,), generator=g).tolist() for i in range(n)]
+
+
+def test_batched_generation_equals_one_at_a_time(model):
+    params = SamplingParams(max_tokens=10, temperature=0.9, top_k=20, top_p=0.9, seed=5)
+    alone = [Engine(model, stop_ids=[]).generate_many([p], params)[0].tokens for p in prompts(5)]
+    engine = Engine(model, stop_ids=[], max_batch=3)  # 5 prompts through 3 slots
+    together = [g.tokens for g in engine.generate_many(prompts(5), params)]
+    assert together == alone
+    assert engine.free and not engine.live  # every slot came back
+
+
+def test_greedy_matches_full_recompute(model):
+    prompt = prompts(1)[0]
+    engine = Engine(model, stop_ids=[])
+    out = list(engine.generate(prompt, SamplingParams(max_tokens=8, temperature=0)))
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(8):
+            seq.append(int(model(torch.tensor([seq]))[0][0, -1].argmax()))
+    assert out == seq[len(prompt) :]
+
+
+def test_stop_token_ends_the_reply_and_is_not_shown(model):
+    prompt = prompts(1)[0]
+    first = list(Engine(model, stop_ids=[]).generate(prompt, SamplingParams(8, temperature=0)))
+    stop = first[3]
+    engine = Engine(model, stop_ids=[stop])
+    seq = engine.add(prompt, SamplingParams(8, temperature=0))
+    while not seq.finished:
+        engine.step()
+    assert seq.tokens == first[: first.index(stop)] and seq.finish_reason == "stop"
+
+
+def test_limits(model):
+    engine = Engine(model, stop_ids=[], max_batch=1)
+    with pytest.raises(ContextOverflow):
+        engine.add(list(range(2, 50)), SamplingParams())
+    with pytest.raises(ChatsmithError, match="top_p"):
+        engine.add([2, 3], SamplingParams(top_p=0))
+    seq = engine.add([2, 3], SamplingParams(max_tokens=100, temperature=0))
+    with pytest.raises(EngineFull):
+        engine.add([2, 3], SamplingParams())
+    while not seq.finished:
+        engine.step()
+    assert seq.finish_reason == "length" and len(seq.prompt) + len(seq.tokens) == 48
+    engine.add([2, 3], SamplingParams())  # the slot was freed
+
+
+def test_static_decode_step_matches_per_row_decoding(model):
+    """All-rows decoding (the CUDA-graph path) gives the same logits and cache lengths."""
+    cfg = model.cfg
+    ref_cache = KVCache.for_model(cfg, 3, "cpu", torch.float32)
+    cache = KVCache.for_model(cfg, 3, "cpu", torch.float32)
+    static = StaticDecoder(model, cache, use_graph=False)
+    with torch.no_grad():
+        for slot, p in zip([0, 2], prompts(2)):  # slot 1 stays idle
+            for c in (ref_cache, cache):
+                model(torch.tensor([p]), cache=c, rows=torch.tensor([slot]))
+        for token in (7, 9, 11):
+            ref, _ = model(
+                torch.tensor([[token], [token + 1]]),
+                cache=ref_cache,
+                rows=torch.tensor([0, 2]),
+                last_only=True,
+            )
+            got = static([0, 2], [token, token + 1])
+            assert torch.allclose(got, ref[:, -1], atol=1e-5)
+            assert cache.lengths.tolist() == [ref_cache.lengths[0], 0, ref_cache.lengths[2]]
