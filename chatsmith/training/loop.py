@@ -185,6 +185,7 @@ def train(
         dynamic_ncols=True,
         unit="step",
     )
+    note = (lambda _msg: None) if quiet else bar.write
     loss_window: list[float] = []
     step_loss = smooth_loss = math.nan
     model.train()
@@ -247,14 +248,14 @@ def train(
             on_step(step, progress, step_loss)
         if step % settings.eval_every == 0 and _budget_progress(step, elapsed, flags) < 1.0:
             result = evaluate()
-            bar.write(
+            note(
                 f"step {step}: "
                 + ", ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float))
             )
             if "val_loss" in result:
                 warning = watch.check(smooth_loss, result["val_loss"])
                 if warning:
-                    bar.write(f"warning: {warning}")
+                    note(f"warning: {warning}")
                     metrics.write({"step": step, "warning": warning})
         if step % settings.save_every == 0:
             checkpoint()
