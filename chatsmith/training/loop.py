@@ -185,7 +185,7 @@ def train(
         dynamic_ncols=True,
         unit="step",
     )
-    note = (lambda _msg: None) if quiet else bar.write
+    note = (lambda _msg: None) if quiet else (lambda msg: bar.write(msg, file=sys.stderr))
     loss_window: list[float] = []
     step_loss = smooth_loss = math.nan
     model.train()

@@ -1,0 +1,268 @@
+"""RL with checkable rewards: advantage and loss arithmetic, tiny runs, bad rewards, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+from conftest import run_cli, tiny_flags
+from safetensors.torch import load_file
+
+from chatsmith.checkpoint import latest_checkpoint_dir, read_run_info
+from chatsmith.errors import ChatsmithError
+from chatsmith.training.metrics import read_metrics
+from chatsmith.training.rl import RL_DEFAULTS, group_advantages, grpo_loss, rl
+
+# Replies of the tiny chitchat model start with a space about 40% of the time: a reward the
+# policy can visibly learn in a few steps.
+EASY_TASK = """
+class StartWithSpace:
+    def prompts(self):
+        return [f"Say something about {w}." for w in "cats dogs rain tea work music".split()] * 4
+
+    def reward(self, prompt, reply):
+        return 1.0 if reply.startswith(" ") else 0.0
+"""
+
+BAD_REWARD_TASK = """
+class Flaky:
+    def prompts(self):
+        return ["Hello there.", "How are you?", "Tell me a story.", "Hi!"] * 3
+
+    def reward(self, prompt, reply):
+        if reply.startswith(" "):
+            raise RuntimeError("checker bug")
+        return "yes" if len(reply) % 2 else 0.5
+"""
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a busy 2-core machine two threads
+    oversubscribe the cores and run these tests many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def easy_task(tmp_path):
+    path = tmp_path / "easy.py"
+    path.write_text(EASY_TASK)
+    return path
+
+
+def rl_args(run, task, **over) -> dict:
+    args = dict(
+        RL_DEFAULTS,
+        run=str(run),
+        task=str(task),
+        group_size=4,
+        prompts_per_step=4,
+        max_new_tokens=6,
+        eval_every=4,
+        eval_prompts=4,
+        save_every=3,
+        lr=3e-3,
+    )
+    args.update(over)
+    return args
+
+
+def test_group_advantages_hand_made():
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 3.0]])
+    adv = group_advantages(rewards)
+    assert torch.allclose(
+        adv, torch.tensor([[0.5, -0.5, -0.5, 0.5], [0.0] * 4, [-0.75, -0.75, -0.75, 2.25]])
+    )
+    scaled = group_advantages(rewards, std_normalize=True)
+    # group std (1/G) is 0.5 and 1.299: advantages become about +-1 and (-0.577, 1.732)
+    assert torch.allclose(scaled[0], torch.tensor([1.0, -1.0, -1.0, 1.0]), atol=1e-3)
+    assert torch.allclose(scaled[1], torch.zeros(4))  # a flat group gives no signal, not NaN
+    assert torch.allclose(
+        scaled[2], torch.tensor([-0.57735, -0.57735, -0.57735, 1.73205]), atol=1e-3
+    )
+
+
+def test_grpo_loss_hand_made():
+    # two sequences, three positions; the first position of each is prompt (mask 0)
+    nll = torch.tensor([[9.0, 1.0, 2.0], [9.0, 0.5, 7.0]], requires_grad=True)
+    mask = torch.tensor([[0, 1, 1], [0, 1, 0]], dtype=torch.bool)
+    adv = torch.tensor([1.0, -2.0])
+    loss, kl = grpo_loss(nll, mask, adv)
+    # token-level: (1*1 + 1*2 + (-2)*0.5) / 3 reply tokens
+    assert loss.item() == pytest.approx((1 + 2 - 1) / 3)
+    assert kl.item() == 0.0
+    loss.backward()
+    # d loss / d nll = A / T on reply tokens, 0 elsewhere
+    assert torch.allclose(nll.grad, torch.tensor([[0, 1 / 3, 1 / 3], [0, -2 / 3, 0]]))
+    # KL: k3 = exp(q - logp) - (q - logp) - 1 with logp = -nll
+    ref = torch.tensor([[0.0, -1.0, -1.0], [0.0, -1.5, 0.0]])  # q - logp = 0, 1, 1
+    loss2, kl2 = grpo_loss(nll.detach(), mask, adv, ref, kl_coef=0.1)
+    diffs = torch.tensor([0.0, 1.0, -1.0])  # q + nll on the reply tokens
+    k3 = (torch.exp(diffs) - diffs - 1).sum().item() / 3
+    assert kl2.item() == pytest.approx(k3)
+    assert loss2.item() == pytest.approx(2 / 3 + 0.1 * k3)
+    assert math.isfinite(loss2.item())
+
+
+def test_group_size_one_is_refused(tiny_run, easy_task, tmp_path):
+    with pytest.raises(ChatsmithError, match="group-size 1"):
+        rl(
+            rl_args(tiny_run, easy_task, group_size=1),
+            tiny_flags(tmp_path / "g1", 2),
+            quiet=True,
+            say=lambda *_: None,
+        )
+
+
+def test_unknown_task_is_refused(tiny_run, tmp_path):
+    with pytest.raises(ChatsmithError, match="unknown task"):
+        rl(
+            rl_args(tiny_run, "chess"),
+            tiny_flags(tmp_path / "x", 2),
+            quiet=True,
+            say=lambda *_: None,
+        )
+
+
+def test_bad_rewards_score_zero_and_never_stop_the_run(tiny_run, tmp_path, capsys):
+    task = tmp_path / "flaky.py"
+    task.write_text(BAD_REWARD_TASK)
+    out = tmp_path / "flaky"
+    args = rl_args(tiny_run, task, temperature=0.7, kl=0.1)  # the tempered-policy path too
+    result = rl(args, tiny_flags(out, 2), quiet=True, say=lambda *_: None)
+    assert result.step == 2
+    records = [r for r in read_metrics(out / "metrics.jsonl") if "reward" in r]
+    assert sum(r["reward_errors"] for r in records) > 0  # raised or returned "yes": counted
+    assert all(0.0 <= r["reward"] <= 0.5 for r in records)  # ...and scored 0
+    assert "reward failed, scored 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tiny_rl_run_raises_mean_reward(tiny_run, easy_task, tmp_path):
+    out = tmp_path / "easy"
+    result = rl(
+        rl_args(
+            tiny_run,
+            easy_task,
+            group_size=8,
+            prompts_per_step=4,
+            lr=1e-2,
+            eval_every=100,
+            save_every=100,
+        ),
+        tiny_flags(out, 16),
+        quiet=True,
+        say=lambda *_: None,
+    )
+    rewards = [r["reward"] for r in read_metrics(out / "metrics.jsonl") if "reward" in r]
+    assert len(rewards) == 16
+    print(rewards)
+    first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
+    assert last > first + 0.2, rewards
+    assert result.final_eval["pass@1"] >= 0.0
+    assert (out / "reward_curve.png").is_file() and (out / "tokenizer.json").is_file()
+    info = read_run_info(out)
+    assert info["stage"] == "rl" and info["args"]["run"] == str(tiny_run)
+
+
+@pytest.mark.slow
+def test_resume_is_exact(tiny_run, easy_task, tmp_path):
+    args = rl_args(tiny_run, easy_task, kl=0.05)
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    rl(args, tiny_flags(straight, 6), quiet=True, say=lambda *_: None)
+    rl(args, tiny_flags(split, 3), quiet=True, say=lambda *_: None)
+    rl(args, tiny_flags(split, 6, resume=True), quiet=True, say=lambda *_: None)
+    a = load_file(str(latest_checkpoint_dir(straight) / "model.safetensors"))
+    b = load_file(str(latest_checkpoint_dir(split) / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    steps = [r["step"] for r in read_metrics(split / "metrics.jsonl") if "reward" in r]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.slow
+def test_cli_sft_then_rl_then_eval_task(tiny_run, tmp_path):
+    """The whole offline path: worked examples (sft --task), RL, then pass@k."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    sft_out, out = tmp_path / "cli_sft", tmp_path / "cli_rl"
+    cpu = ["--device", "cpu"]
+    r = run_cli(
+        "sft",
+        str(tiny_run),
+        "--task",
+        "arithmetic:1",
+        "--out",
+        str(sft_out),
+        "--max-steps",
+        "3",
+        "--max-conversations",
+        "64",
+        *cpu,
+        "--json",
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert read_run_info(sft_out)["stage"] == "sft" and (sft_out / "latest").is_file()
+    r = run_cli(
+        "rl",
+        str(sft_out),
+        "--task",
+        "arithmetic:1",
+        "--out",
+        str(out),
+        "--max-steps",
+        "2",
+        "--group-size",
+        "2",
+        "--prompts-per-step",
+        "2",
+        "--max-new-tokens",
+        "6",
+        *cpu,
+        "--json",
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    figures = json.loads(r.stdout.strip().splitlines()[-1])
+    assert figures["step"] == 2 and figures["reward_curve"].endswith("reward_curve.png")
+    r = run_cli(
+        "eval",
+        str(out),
+        "--task",
+        "arithmetic:1",
+        "--samples",
+        "2",
+        "--max-new-tokens",
+        "6",
+        *cpu,
+        "--json",
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert set(d) == {"pass@1", "pass@k", "k", "n"} and d["k"] == 2 and d["n"] == 200
+    r = run_cli(
+        "rl",
+        str(tiny_run),
+        "--task",
+        "nope",
+        "--out",
+        str(tmp_path / "bad"),
+        "--max-steps",
+        "1",
+        *cpu,
+        env=env,
+    )
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().endswith(
+        "use arithmetic, arithmetic:LEVEL (1-3), a .jsonl or a .py file"
+    )
+    r = run_cli("rl", "--task", "arithmetic", env=env)
+    assert r.returncode == 1 and "give the run to start from" in r.stderr
