@@ -26,12 +26,12 @@ def peak_flops() -> float | None:
     return next((v for k, v in PEAK_BF16.items() if k in name), None)
 
 
-def bench_generator(run: Path, batch: int, new_tokens: int, device: str) -> dict:
-    from chatsmith.inference.engine import SamplingParams
-    from chatsmith.inference.loading import load_run
+def bench_generator(loaded, batch: int, new_tokens: int, cuda_graph: bool = True) -> dict:
+    """Decode `new_tokens` for `batch` copies of a prompt through the shared Engine."""
+    from chatsmith.inference.engine import Engine, SamplingParams
 
-    loaded = load_run(run, device)
-    engine = loaded.engine(max_batch=batch)
+    tok = loaded.tokenizer
+    engine = Engine(loaded.model, [tok.end_id, tok.bos_id], batch, cuda_graph=cuda_graph)
     prompt = [loaded.tokenizer.bos_id, *loaded.tokenizer.encode("Hi! How was your weekend?")]
     params = SamplingParams(max_tokens=new_tokens, temperature=1.0, top_k=50, seed=0)
     # stop tokens end sequences early at random points; measure pure decode by ignoring them
@@ -45,30 +45,93 @@ def bench_generator(run: Path, batch: int, new_tokens: int, device: str) -> dict
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     tokens = sum(len(g.tokens) for g in out)
-    return {"batch": batch, "tokens": tokens, "seconds": round(dt, 3),
-            "tokens_per_s": round(tokens / dt, 1),
-            "per_sequence_tokens_per_s": round(tokens / dt / batch, 1)}
+    return {
+        "batch": batch,
+        "cuda_graph": engine.static is not None,
+        "tokens": tokens,
+        "seconds": round(dt, 3),
+        "tokens_per_s": round(tokens / dt, 1),
+        "per_sequence_tokens_per_s": round(tokens / dt / batch, 1),
+    }
+
+
+def random_run(preset: str, vocab_size: int, seq_len: int, device):
+    """A model of the benchmark's shape with random weights: decode speed does not depend on
+    what the weights are, and this skips training."""
+    from chatsmith.data import chitchat
+    from chatsmith.inference.loading import LoadedRun
+    from chatsmith.models import build_model, config_from_preset
+    from chatsmith.tokenizer import Tokenizer
+
+    tok = Tokenizer.train(chitchat.documents("val"), vocab_size)
+    cfg = config_from_preset(preset, vocab_size=tok.vocab_size, max_seq_len=seq_len)
+    model = build_model(cfg).to(device, dtype=torch.bfloat16 if device.type == "cuda" else None)
+    return LoadedRun(Path("random"), model.eval(), tok, cfg, {}, 0)
 
 
 def main() -> None:
+    from chatsmith.inference.loading import load_run
     from chatsmith.runtime import resolve_device
     from chatsmith.training.loop import RunFlags
     from chatsmith.training.pretrain import PRETRAIN_DEFAULTS, pretrain
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, default=2.0)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=Path("runs/gpu-bench"))
     ap.add_argument("--preset", default="gpt2-small")
     ap.add_argument("--seq-len", type=int, default=1024)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--vocab-size", type=int, default=32768)
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--device", default="auto")
+    ap.add_argument(
+        "--generate-only",
+        action="store_true",
+        help="skip training; time the generator on random weights",
+    )
     a = ap.parse_args()
     device = resolve_device(a.device)
-    args = dict(PRETRAIN_DEFAULTS, preset=a.preset, seq_len=a.seq_len, batch_size=a.batch_size,
-                vocab_size=a.vocab_size, eval_every=10**9, save_every=10**9, lr=6e-4,
-                warmup_steps=50)
+    if a.generate_only:
+        from chatsmith.inference.engine import Engine, SamplingParams
+
+        loaded = random_run(a.preset, a.vocab_size, a.seq_len, device)
+        gen = [bench_generator(loaded, b, a.new_tokens, g) for b in (1, 32) for g in (False, True)]
+        greedy = SamplingParams(max_tokens=64, temperature=0)
+        prompt = [loaded.tokenizer.bos_id, *loaded.tokenizer.encode("Hello there")]
+        eager = Engine(loaded.model, [], 1).generate_many([prompt], greedy)[0].tokens
+        graph = Engine(loaded.model, [], 1, cuda_graph=True).generate_many([prompt], greedy)[0]
+        gen.append(
+            {
+                "greedy_tokens_equal_eager_vs_graph": sum(
+                    a == b for a, b in zip(eager, graph.tokens)
+                ),
+                "of": len(eager),
+            }
+        )
+        print(
+            json.dumps(
+                {
+                    "device": torch.cuda.get_device_name()
+                    if device.type == "cuda"
+                    else str(device),
+                    "torch": torch.__version__,
+                    "generate": gen,
+                },
+                indent=2,
+            )
+        )
+        return
+    args = dict(
+        PRETRAIN_DEFAULTS,
+        preset=a.preset,
+        seq_len=a.seq_len,
+        batch_size=a.batch_size,
+        vocab_size=a.vocab_size,
+        eval_every=10**9,
+        save_every=10**9,
+        lr=6e-4,
+        warmup_steps=50,
+    )
     flags = RunFlags(out=a.out, max_minutes=a.minutes, device=device, seed=1337)
     t0 = time.time()
     result = pretrain(args, flags, {"max_minutes": a.minutes}, quiet=True)
@@ -85,18 +148,26 @@ def main() -> None:
     summary = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else str(device),
         "torch": torch.__version__,
-        "model": {k: card[k] for k in ("parameters", "flops_per_token", "layers", "width",
-                                       "context", "vocab")},
+        "model": {
+            k: card[k]
+            for k in ("parameters", "flops_per_token", "layers", "width", "context", "vocab")
+        },
         "train": {
-            "batch": a.batch_size, "seq_len": a.seq_len, "steps": result.step,
-            "train_seconds": round(result.train_seconds, 1), "wall_seconds": round(wall, 1),
+            "batch": a.batch_size,
+            "seq_len": a.seq_len,
+            "steps": result.step,
+            "train_seconds": round(result.train_seconds, 1),
+            "wall_seconds": round(wall, 1),
             "steady_tokens_per_s": round(steady),
             "mfu": round(card["flops_per_token"] * steady / peak, 4) if peak else None,
             "val_bpb": round(result.final_eval["val_bpb"], 4),
             "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
-            if device.type == "cuda" else None,
+            if device.type == "cuda"
+            else None,
         },
-        "generate": [bench_generator(a.out, b, a.new_tokens, str(device)) for b in (1, 32)],
+        "generate": [
+            bench_generator(load_run(a.out, str(device)), b, a.new_tokens) for b in (1, 32)
+        ],
     }
     print(json.dumps(summary, indent=2))
 

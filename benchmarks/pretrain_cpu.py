@@ -29,8 +29,20 @@ def main() -> None:
     ap.add_argument("extra", nargs="*", help="extra flags for chatsmith pretrain")
     a = ap.parse_args()
     out = a.out or Path(tempfile.mkdtemp()) / "run"
-    cmd = [sys.executable, "-m", "chatsmith.cli", "pretrain", "--out", str(out),
-           "--max-minutes", str(a.minutes), "--device", "cpu", "--json", *a.extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "chatsmith.cli",
+        "pretrain",
+        "--out",
+        str(out),
+        "--max-minutes",
+        str(a.minutes),
+        "--device",
+        "cpu",
+        "--json",
+        *a.extra,
+    ]
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.time() - t0

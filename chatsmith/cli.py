@@ -34,8 +34,16 @@ def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run_flags(stage: str, out: Optional[Path], resume: Optional[Path], max_minutes: Optional[float],
-              max_steps: Optional[int], device: str, seed: Optional[int], defaults: dict):
+def run_flags(
+    stage: str,
+    out: Optional[Path],
+    resume: Optional[Path],
+    max_minutes: Optional[float],
+    max_steps: Optional[int],
+    device: str,
+    seed: Optional[int],
+    defaults: dict,
+):
     """Resolve the flags every training stage shares; on --resume the run's own settings win
     unless a flag is given again."""
     from chatsmith.checkpoint import read_run_info
@@ -56,8 +64,9 @@ def run_flags(stage: str, out: Optional[Path], resume: Optional[Path], max_minut
     if max_minutes is None and max_steps is None:
         budget = {k: saved.get(k, defaults.get(k)) for k in budget}
     seed = seed if seed is not None else saved.get("seed", 1337)
-    flags = RunFlags(out=Path(out), resume=resume is not None, device=resolve_device(device),
-                     seed=seed, **budget)
+    flags = RunFlags(
+        out=Path(out), resume=resume is not None, device=resolve_device(device), seed=seed, **budget
+    )
     return flags, {"seed": seed, **budget}
 
 
@@ -78,8 +87,10 @@ def report(result, as_json: bool, extra: Optional[dict] = None) -> None:
         print(json.dumps(figures))
         return
     print(f"run folder: {result.run_dir}")
-    print(f"steps: {result.step}  training time: {result.train_seconds:.1f}s  "
-          f"tokens: {result.tokens:,}")
+    print(
+        f"steps: {result.step}  training time: {result.train_seconds:.1f}s  "
+        f"tokens: {result.tokens:,}"
+    )
     for k, v in result.final_eval.items():
         print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
 
@@ -87,25 +98,33 @@ def report(result, as_json: bool, extra: Optional[dict] = None) -> None:
 @app.command()
 def pretrain(
     data: Optional[str] = typer.Option(
-        None, help="Text file, folder, .jsonl (text field), .parquet or hf:NAME[:split]. "
-        "Default: the built-in chitchat corpus."),
+        None,
+        help="Text file, folder, .jsonl (text field), .parquet or hf:NAME[:split]. "
+        "Default: the built-in chitchat corpus.",
+    ),
     val_data: Optional[str] = typer.Option(
-        None, help="Held-out data (default: the built-in split, or the last 5% of --data)."),
-    vocab_size: Optional[int] = typer.Option(None, help="BPE vocabulary size (default 4096)."),
+        None, help="Held-out data (default: the built-in split, or the last 5% of --data)."
+    ),
+    vocab_size: Optional[int] = typer.Option(None, help="BPE vocabulary size (default 2048)."),
     preset: Optional[str] = typer.Option(
-        None, help="Model size: tiny, mini (default), small, base, gpt2-small, gpt2-medium."),
+        None, help="Size: tiny, narrow (default), mini, small, base, gpt2-small, gpt2-medium."
+    ),
     depth: Optional[int] = typer.Option(
-        None, help="One dial for size: layers = depth, width = 64 x depth, 64-wide heads."),
+        None, help="One dial for size: layers = depth, width = 64 x depth, 64-wide heads."
+    ),
     seq_len: Optional[int] = typer.Option(None, help="Context length in tokens (default 256)."),
     n_kv_head: Optional[int] = typer.Option(None, help="Key/value heads (fewer = grouped-query)."),
     batch_size: Optional[int] = typer.Option(None, help="Sequences per micro-batch."),
     grad_accum: Optional[int] = typer.Option(None, help="Micro-batches per optimizer step."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
-    optimizer: Optional[str] = typer.Option(None, help="adamw (default) or muon."),
+    optimizer: Optional[str] = typer.Option(
+        None, help="muon (default; AdamW for embeddings and norms) or adamw."
+    ),
     eval_every: Optional[int] = typer.Option(None, help="Steps between held-out evaluations."),
     save_every: Optional[int] = typer.Option(None, help="Steps between checkpoints."),
     compile: Optional[bool] = typer.Option(
-        None, "--compile/--no-compile", help="torch.compile (default: on CUDA only)."),
+        None, "--compile/--no-compile", help="torch.compile (default: on CUDA only)."
+    ),
     out: Optional[Path] = OutOpt,
     resume: Optional[Path] = ResumeOpt,
     max_minutes: Optional[float] = MinutesOpt,
@@ -115,20 +134,34 @@ def pretrain(
     as_json: bool = JsonOpt,
 ) -> None:
     """Train a BPE tokenizer and a GPT from scratch on raw text."""
-    from chatsmith.training.pretrain import PRETRAIN_DEFAULTS, pretrain as run_pretrain
+    from chatsmith.training.pretrain import PRETRAIN_DEFAULTS
+    from chatsmith.training.pretrain import pretrain as run_pretrain
 
-    flags, flag_info = run_flags("pretrain", out, resume, max_minutes, max_steps, device, seed,
-                                 {"max_minutes": 5.0})
-    given = dict(data=data, val_data=val_data, vocab_size=vocab_size, preset=preset, depth=depth,
-                 seq_len=seq_len, n_kv_head=n_kv_head, batch_size=batch_size,
-                 grad_accum=grad_accum, lr=lr, optimizer=optimizer, eval_every=eval_every,
-                 save_every=save_every, compile=compile)
+    flags, flag_info = run_flags(
+        "pretrain", out, resume, max_minutes, max_steps, device, seed, {"max_minutes": 5.0}
+    )
+    given = dict(
+        data=data,
+        val_data=val_data,
+        vocab_size=vocab_size,
+        preset=preset,
+        depth=depth,
+        seq_len=seq_len,
+        n_kv_head=n_kv_head,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        lr=lr,
+        optimizer=optimizer,
+        eval_every=eval_every,
+        save_every=save_every,
+        compile=compile,
+    )
     args = merge_args(flags, given, PRETRAIN_DEFAULTS)
     say(f"run folder: {flags.out}  device: {flags.device}")
     result = run_pretrain(args, flags, flag_info, say=say)
     report(result, as_json)
     if not as_json:
-        print(f"next: chatsmith generate {result.run_dir} --prompt \"Hi, how are you?\"")
+        print(f'next: chatsmith generate {result.run_dir} --prompt "Hi, how are you?"')
 
 
 def _load(run: Path, device: str):
@@ -161,11 +194,14 @@ def generate(
     ids = [tok.bos_id, *tok.encode(prompt)]
     keep = loaded.cfg.max_seq_len - min(max_tokens, loaded.cfg.max_seq_len // 2)
     if len(ids) > keep:
-        say(f"note: the prompt has {len(ids)} tokens; keeping its last {keep} so the reply fits "
-            f"the {loaded.cfg.max_seq_len}-token context")
+        say(
+            f"note: the prompt has {len(ids)} tokens; keeping its last {keep} so the reply fits "
+            f"the {loaded.cfg.max_seq_len}-token context"
+        )
         ids = ids[-keep:]
-    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                            top_p=top_p, seed=seed)
+    params = SamplingParams(
+        max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
+    )
     stream = TextStream(tok)
     sys.stdout.write(prompt)
     for token in loaded.engine().generate(ids, params):
@@ -177,22 +213,376 @@ def generate(
 @app.command("eval")
 def evaluate(
     run: Path = RunArg,
-    data: str = typer.Option("builtin:chitchat", help="Text to score (default: built-in held-out split)."),
+    data: str = typer.Option(
+        "builtin:chitchat", help="Text to score (default: built-in held-out split)."
+    ),
     batch_size: int = typer.Option(8, help="Windows scored at once."),
     max_tokens: Optional[int] = typer.Option(None, help="Score at most this many tokens."),
+    task: Optional[str] = typer.Option(
+        None, help="Score pass@1/pass@k on a task's held-out problems instead (e.g. arithmetic)."
+    ),
+    samples: int = typer.Option(1, help="With --task: replies per problem (k of pass@k)."),
+    temperature: Optional[float] = typer.Option(
+        None, help="With --task: sampling temperature (default: greedy for 1 sample, else 1.0)."
+    ),
+    max_new_tokens: int = typer.Option(48, help="With --task: longest reply."),
     device: str = DeviceOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Loss and bits per byte of a model on any text."""
+    """Loss and bits per byte of a model on any text, or pass@k on a task with --task."""
     from chatsmith.evaluation.perplexity import evaluate_text
 
+    if task is not None:
+        from chatsmith.data.tasks import get_task
+        from chatsmith.evaluation.tasks import evaluate_task
+
+        the_task = get_task(task)
+        if samples < 1:
+            raise ChatsmithError(f"--samples must be at least 1, got {samples}")
+        loaded = _load(run, device)
+        result = evaluate_task(
+            loaded.model, loaded.tokenizer, the_task, samples, temperature, max_new_tokens
+        )
+        if as_json:
+            print(json.dumps(result.to_dict()))
+        else:
+            at_k = f"  pass@{result.k} {result.passk:.4f}" if result.k > 1 else ""
+            print(
+                f"task {the_task.name}: pass@1 {result.pass1:.4f}{at_k}  "
+                f"({result.n} held-out problems, {result.k} samples each)"
+            )
+            for prompt, reply, r in result.examples:
+                print(f"  {'right' if r >= 1 else 'wrong'}: {prompt!r} -> {reply!r}")
+        return
     loaded = _load(run, device)
     score = evaluate_text(loaded, data, batch_size, max_tokens)
     if as_json:
         print(json.dumps(score.to_dict()))
     else:
-        print(f"loss: {score.loss:.4f} nats/token  bpb: {score.bpb:.4f}  "
-              f"tokens: {score.tokens:,}  bytes: {score.bytes:,}")
+        print(
+            f"loss: {score.loss:.4f} nats/token  bpb: {score.bpb:.4f}  "
+            f"tokens: {score.tokens:,}  bytes: {score.bytes:,}"
+        )
+
+
+@app.command()
+def rl(
+    run: Optional[Path] = typer.Argument(
+        None, help="Run folder to start from (its latest checkpoint); not needed with --resume."
+    ),
+    task: Optional[str] = typer.Option(
+        None, help="arithmetic (default), arithmetic:LEVEL (1-3), a .jsonl or a .py task file."
+    ),
+    group_size: Optional[int] = typer.Option(None, help="Replies sampled per prompt (default 8)."),
+    prompts_per_step: Optional[int] = typer.Option(None, help="Prompts per step (default 8)."),
+    kl: Optional[float] = typer.Option(
+        None, help="Weight of the KL penalty to the starting model (default 0: off)."
+    ),
+    lr: Optional[float] = typer.Option(None, help="Learning rate, constant (default 1e-4)."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Longest reply sampled (default 32)."),
+    temperature: Optional[float] = typer.Option(None, help="Sampling temperature (default 1.0)."),
+    std_normalize: Optional[bool] = typer.Option(
+        None,
+        "--std-normalize/--no-std-normalize",
+        help="Divide advantages by the group's reward std (default off).",
+    ),
+    eval_every: Optional[int] = typer.Option(None, help="Steps between held-out pass@1 checks."),
+    save_every: Optional[int] = typer.Option(None, help="Steps between checkpoints."),
+    out: Optional[Path] = OutOpt,
+    resume: Optional[Path] = ResumeOpt,
+    max_minutes: Optional[float] = MinutesOpt,
+    max_steps: Optional[int] = StepsOpt,
+    device: str = DeviceOpt,
+    seed: Optional[int] = SeedOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Improve a chat model by reinforcement learning on a task whose answers can be checked."""
+    from chatsmith.training.rl import REWARD_CURVE, RL_DEFAULTS
+    from chatsmith.training.rl import rl as run_rl
+
+    if run is None and resume is None:
+        raise ChatsmithError("give the run to start from: chatsmith rl RUN --task arithmetic")
+    flags, flag_info = run_flags(
+        "rl", out, resume, max_minutes, max_steps, device, seed, {"max_minutes": 10.0}
+    )
+    given = dict(
+        run=None if run is None else str(run),
+        task=task,
+        group_size=group_size,
+        prompts_per_step=prompts_per_step,
+        kl=kl,
+        lr=lr,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        std_normalize=std_normalize,
+        eval_every=eval_every,
+        save_every=save_every,
+    )
+    if resume is not None:
+        given.pop("run")  # the run keeps the starting point it was created from
+    args = merge_args(flags, given, RL_DEFAULTS)
+    say(f"run folder: {flags.out}  device: {flags.device}")
+    result = run_rl(args, flags, flag_info, say=say)
+    curve = Path(result.run_dir) / REWARD_CURVE
+    report(result, as_json, {"reward_curve": str(curve)} if curve.exists() else None)
+    if not as_json:
+        print(f"reward curve: {curve}")
+        print(f"next: chatsmith eval {result.run_dir} --task {args['task']} --samples 4")
+
+
+@app.command()
+def sft(
+    base_run: Optional[Path] = typer.Argument(
+        None, help="Pretrained run to fine-tune (its latest checkpoint); not with --resume."
+    ),
+    data: Optional[str] = typer.Option(
+        None,
+        help='Chat data: .jsonl of {"messages": [...]} lines, a folder of them, or '
+        "hf:NAME[:split]. Default: the built-in chitchat conversations.",
+    ),
+    val_data: Optional[str] = typer.Option(
+        None, help="Held-out chat data (default: the built-in split, or the last 5% of --data)."
+    ),
+    task: Optional[str] = typer.Option(
+        None, help="Fine-tune on a task's worked examples instead of --data (e.g. arithmetic)."
+    ),
+    max_conversations: Optional[int] = typer.Option(
+        None, help="Use at most this many training conversations."
+    ),
+    batch_size: Optional[int] = typer.Option(None, help="Examples per micro-batch (default 16)."),
+    grad_accum: Optional[int] = typer.Option(None, help="Micro-batches per optimizer step."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default 1e-3)."),
+    optimizer: Optional[str] = typer.Option(None, help="adamw (default) or muon."),
+    eval_every: Optional[int] = typer.Option(None, help="Steps between held-out evaluations."),
+    save_every: Optional[int] = typer.Option(None, help="Steps between checkpoints."),
+    out: Optional[Path] = OutOpt,
+    resume: Optional[Path] = ResumeOpt,
+    max_minutes: Optional[float] = MinutesOpt,
+    max_steps: Optional[int] = StepsOpt,
+    device: str = DeviceOpt,
+    seed: Optional[int] = SeedOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Fine-tune a pretrained model on conversations so that it answers as a chat assistant."""
+    from chatsmith.training.sft import SFT_DEFAULTS
+    from chatsmith.training.sft import sft as run_sft
+
+    if base_run is None and resume is None:
+        raise ChatsmithError("give the pretrained run to fine-tune: chatsmith sft BASE_RUN")
+    flags, flag_info = run_flags(
+        "sft", out, resume, max_minutes, max_steps, device, seed, {"max_minutes": 3.0}
+    )
+    given = dict(
+        base_run=None if base_run is None else str(base_run),
+        data=data,
+        val_data=val_data,
+        task=task,
+        max_conversations=max_conversations,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        lr=lr,
+        optimizer=optimizer,
+        eval_every=eval_every,
+        save_every=save_every,
+    )
+    if resume is not None:
+        given.pop("base_run")  # a resumed run keeps the base it was created from
+    args = merge_args(flags, given, SFT_DEFAULTS)
+    say(f"run folder: {flags.out}  device: {flags.device}")
+    result = run_sft(args, flags, flag_info, say=say)
+    report(result, as_json)
+    if not as_json:
+        print(f"next: chatsmith chat {result.run_dir}")
+
+
+CHAT_HELP = (
+    "commands: /reset (new conversation), /system TEXT (set the system prompt; "
+    "/system alone clears it), /temperature X, /quit"
+)
+
+
+def _chat_turn(session, text: str) -> None:
+    """Stream one reply to stdout; Ctrl-C stops the reply, not the chat."""
+    session.prompt_ids(text)  # fit the context (or refuse) before the reply line starts
+    sys.stdout.write("assistant> ")
+    sys.stdout.flush()
+    try:
+        for piece in session.send(text):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        sys.stdout.write(" [stopped]")
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def _chat_command(session, line: str) -> bool:
+    """Handle a /command; return False when the chat should end."""
+    cmd, _, rest = line.partition(" ")
+    if cmd in ("/quit", "/exit"):
+        return False
+    if cmd == "/reset":
+        session.reset()
+        say("(new conversation)")
+    elif cmd == "/system":
+        session.set_system(rest.strip() or None)
+        say(f"(system prompt: {session.system!r})" if session.system else "(system prompt cleared)")
+    elif cmd == "/temperature":
+        try:
+            value = float(rest)
+        except ValueError:
+            raise ChatsmithError("/temperature needs a number, e.g. /temperature 0.7") from None
+        session.set_temperature(value)
+        say(f"(temperature {value})")
+    elif cmd == "/help":
+        say(CHAT_HELP)
+    else:
+        raise ChatsmithError(f"unknown command {cmd}; {CHAT_HELP}")
+    return True
+
+
+@app.command()
+def chat(
+    run: Path = RunArg,
+    prompt: Optional[str] = typer.Option(
+        None, "--prompt", "-p", help="Send one message, print the reply and exit (for scripts)."
+    ),
+    system: Optional[str] = typer.Option(None, "--system", help="System prompt."),
+    temperature: float = typer.Option(0.8, help="0 = greedy; higher = more random."),
+    top_k: Optional[int] = typer.Option(50, help="Sample among the k likeliest tokens."),
+    top_p: float = typer.Option(0.95, help="Nucleus sampling mass."),
+    max_tokens: int = typer.Option(256, help="Longest reply in tokens."),
+    seed: Optional[int] = typer.Option(None, help="Seed for reproducible replies."),
+    device: str = DeviceOpt,
+) -> None:
+    """Chat with a fine-tuned model in the terminal; replies stream in token by token."""
+    from chatsmith.inference.chat import ChatSession
+    from chatsmith.inference.engine import SamplingParams
+
+    loaded = _load(run, device)
+    params = SamplingParams(
+        max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
+    )
+    params.validate()
+    stage = loaded.info.get("stage")
+    if stage != "sft" and stage is not None and stage not in ("rl",):
+        say(
+            f"note: {run} is a {stage} run, not fine-tuned for chat; replies may wander "
+            f"(fine-tune it first: chatsmith sft {run})"
+        )
+    session = ChatSession(loaded.engine(), loaded.tokenizer, params, system=system, notify=say)
+    if prompt is not None:
+        for piece in session.send(prompt):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return
+    say(
+        f"chatting with {run} (step {loaded.step}, context {loaded.cfg.max_seq_len} tokens). "
+        + CHAT_HELP
+    )
+    while True:
+        try:
+            line = input("you> ")
+        except (EOFError, KeyboardInterrupt):
+            sys.stdout.write("\n")
+            break
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            if line.startswith("/") and not line.startswith("//"):
+                if not _chat_command(session, line):
+                    break
+                continue
+            _chat_turn(session, line[1:] if line.startswith("//") else line)
+        except ChatsmithError as e:
+            say(f"error: {e}")
+
+
+@app.command()
+def quickstart(
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Folder for the runs (default: a new one under runs/)."
+    ),
+    max_minutes: Optional[float] = typer.Option(
+        None, "--max-minutes", help="Whole-pipeline time budget (default: 13 on CPU, 8 on GPU)."
+    ),
+    device: str = DeviceOpt,
+    seed: Optional[int] = SeedOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Tokenizer, pretraining, SFT and a sample chat on the built-in data, in one command."""
+    from chatsmith.runtime import resolve_device
+    from chatsmith.training.quickstart import plan_for_machine, run_quickstart
+
+    if out is None:
+        out = Path("runs") / f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}"
+    plan = plan_for_machine(resolve_device(device), max_minutes)
+    summary = run_quickstart(out, plan, seed if seed is not None else 1337, say=say)
+    if as_json:
+        print(json.dumps(summary))
+        return
+    print(f"base model: {summary['base_run']}  held-out bpb {summary['pretrain']['val_bpb']:.4f}")
+    print(f"chat model: {summary['chat_run']}  held-out chat loss {summary['sft']['val_loss']:.4f}")
+    print(f"total time: {summary['wall_seconds'] / 60:.1f} min")
+    print(f"chat with it: chatsmith chat {summary['chat_run']}")
+
+
+@app.command()
+def serve(
+    run: Path = RunArg,
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default)."),
+    port: int = typer.Option(8000, help="TCP port."),
+    api_key: Optional[str] = typer.Option(
+        None,
+        "--api-key",
+        envvar="CHATSMITH_API_KEY",
+        help="Require 'Authorization: Bearer KEY' on every /v1 call.",
+    ),
+    max_batch: int = typer.Option(16, help="Sequences decoded together (concurrent requests)."),
+    max_queue: int = typer.Option(64, help="Requests that may wait for a slot; more get 429."),
+    max_tokens: int = typer.Option(1024, help="Most new tokens one request may ask for."),
+    max_body_kb: int = typer.Option(1000, help="Largest request body in kilobytes."),
+    threads: Optional[int] = typer.Option(
+        None, help="CPU threads for the model (default: PyTorch's choice)."
+    ),
+    device: str = DeviceOpt,
+) -> None:
+    """Serve a model over an OpenAI-compatible API, with a chat page at /."""
+    from chatsmith.serving.config import ServeLimits
+
+    try:
+        import uvicorn
+
+        from chatsmith.serving.app import create_app
+    except ImportError as e:
+        raise ChatsmithError(
+            f"serving needs the 'serve' extra: pip install 'chatsmith[serve]' ({e.name} is missing)"
+        ) from None
+    limits = ServeLimits(
+        max_tokens=max_tokens,
+        default_max_tokens=min(256, max_tokens),
+        max_batch=max_batch,
+        max_queue=max_queue,
+        max_body_bytes=max_body_kb * 1000,
+    )
+    limits.validate()
+    if not 0 <= port <= 65535:
+        raise ChatsmithError(f"--port must be between 0 and 65535, got {port}")
+    if threads is not None:
+        if threads < 1:
+            raise ChatsmithError(f"--threads must be at least 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+    loaded = _load(run, device)
+    application = create_app(loaded, limits, api_key)
+    say(f"serving {loaded.name} at http://{host}:{port}/  (API: http://{host}:{port}/v1)")
+    try:
+        uvicorn.run(application, host=host, port=port, log_level="warning")
+    except OSError as e:
+        raise ChatsmithError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 def main() -> None:

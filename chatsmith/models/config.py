@@ -74,6 +74,8 @@ class ModelConfig:
 # width = 64 x depth and 64-wide heads, the nanochat-style single dial; presets name common points.
 PRESETS: dict[str, dict] = {
     "tiny": dict(n_layer=2, n_head=2, n_kv_head=2, d_model=64, max_seq_len=128),
+    # the pretraining default: best held-out bits per byte found for 5 minutes on 2 CPU cores
+    "narrow": dict(n_layer=4, n_head=2, n_kv_head=2, d_model=128, max_seq_len=256),
     "mini": dict(n_layer=4, n_head=4, n_kv_head=4, d_model=256, max_seq_len=256),
     "small": dict(n_layer=6, n_head=6, n_kv_head=6, d_model=384, max_seq_len=512),
     "base": dict(n_layer=8, n_head=8, n_kv_head=8, d_model=512, max_seq_len=1024),

@@ -126,8 +126,10 @@ class CacheView:
             rows = self.rows[:, None]
             c.k[layer][rows, self.positions] = k.transpose(1, 2).to(c.k.dtype)
             c.v[layer][rows, self.positions] = v.transpose(1, 2).to(c.v.dtype)
-            keys = c.k[layer][self.rows, : self.span].transpose(1, 2)
-            values = c.v[layer][self.rows, : self.span].transpose(1, 2)
+            # index_select copies whole rows: several times faster than advanced indexing on
+            # CPU, where this gather was a quarter of a batch-16 decode step
+            keys = c.k[layer][:, : self.span].index_select(0, self.rows).transpose(1, 2)
+            values = c.v[layer][:, : self.span].index_select(0, self.rows).transpose(1, 2)
         return keys.to(k.dtype), values.to(v.dtype)
 
     def advance(self) -> None:

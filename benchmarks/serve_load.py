@@ -1,0 +1,278 @@
+"""Load test for `chatsmith serve`: concurrent streaming clients on loopback.
+
+Starts the real server in a subprocess, then for each concurrency level runs that many clients,
+each sending streaming chat completions back to back. Reports aggregate completion tokens/s,
+time to first token and per-token latency percentiles, and lost requests (any request that
+did not end with a 200 and `data: [DONE]`).
+
+    flock /tmp/chatsmith-bench.lock python benchmarks/serve_load.py            # builds a model
+    python benchmarks/serve_load.py --run runs/my-run --levels 1 4 16 64
+
+Without --run it builds a depth-8 model (d_model 512, 8 layers, 4096-token vocabulary,
+27.4M parameters) with random weights: the same compute per token as a trained model of that
+shape (replies are gibberish and may end early on a randomly drawn end token).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_run(out: Path, depth: int, seq_len: int) -> None:
+    """A run folder with a chitchat tokenizer and randomly initialised weights.
+
+    Serving speed depends on the model's shape, not on what it has learned, and training even
+    a few steps of this size takes minutes on 2 shared cores.
+    """
+    import torch
+
+    from chatsmith.checkpoint import save_checkpoint, write_json_atomic
+    from chatsmith.data import chitchat
+    from chatsmith.models import build_model, config_from_depth
+    from chatsmith.tokenizer import Tokenizer
+
+    print(f"building a depth-{depth} model with random weights in {out}", file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer.train(chitchat.documents("train"), 4096)
+    tok.save(out)
+    cfg = config_from_depth(depth, vocab_size=tok.vocab_size, max_seq_len=seq_len)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    write_json_atomic(
+        out / "run.json", {"stage": "benchmark", "args": {}, "flags": {}, "model": cfg.to_dict()}
+    )
+    save_checkpoint(out, 0, model, cfg, {}, keep_last=1)
+
+
+CONTENT = b'"content":"'
+EMPTY = b'"content":""'
+USAGE = re.compile(rb'"completion_tokens":(\d+)')
+
+
+async def one_request(host: str, port: int, body: dict) -> dict:
+    """One streaming chat completion over a raw socket.
+
+    The load generator shares the 2 cores with the server, so it does the least work it can:
+    no HTTP library, no JSON parsing per chunk, just a scan of the bytes for content deltas,
+    stamped with the time they arrived.
+    """
+    payload = json.dumps(body).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    start = time.perf_counter()
+    stamps: list[float] = []
+    data = b""
+    try:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(head + payload)
+        await writer.drain()
+        while True:
+            block = await reader.read(65536)
+            if not block:
+                break
+            now = time.perf_counter()
+            seen = len(data)
+            data += block
+            # count the deltas that end in the new bytes (a marker may straddle two reads)
+            region = data[max(0, seen - len(CONTENT)) :]
+            n = region.count(CONTENT) - region.count(EMPTY)
+            stamps.extend([now] * n)
+        writer.close()
+    except OSError as e:
+        return {"ok": False, "error": repr(e)}
+    status = int(data[9:12]) if data.startswith(b"HTTP/1.1 ") else None
+    used = USAGE.findall(data)
+    ok = status == 200 and b"data: [DONE]" in data and bool(used)
+    gaps = [b - a for a, b in zip(stamps, stamps[1:]) if b > a]
+    return {
+        "ok": ok,
+        "status": status,
+        "tokens": int(used[-1]) if used else 0,
+        "ttft": (stamps[0] - start) if stamps else None,
+        "gaps": gaps,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+async def run_level(host: str, port: int, clients: int, requests: int, max_tokens: int) -> dict:
+    queue: asyncio.Queue = asyncio.Queue()
+    for i in range(requests):
+        queue.put_nowait(i)
+    results: list[dict] = []
+
+    async def worker():
+        while True:
+            try:
+                i = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            body = {
+                "model": "bench",
+                "max_tokens": max_tokens,
+                "temperature": 1.0,
+                "seed": i,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+                "messages": [{"role": "user", "content": f"Hi! Tell me a story, number {i}."}],
+            }
+            results.append(await one_request(host, port, body))
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    wall = time.perf_counter() - t0
+    ok = [r for r in results if r["ok"]]
+    tokens = sum(r["tokens"] for r in ok)
+    ttft = [r["ttft"] for r in ok if r["ttft"] is not None]
+    gaps = [g for r in ok for g in r["gaps"]]
+    return {
+        "clients": clients,
+        "requests": requests,
+        "completed": len(ok),
+        "lost": requests - len(ok),
+        "tokens": tokens,
+        "wall_s": round(wall, 2),
+        "tokens_per_s": round(tokens / wall, 1),
+        "ttft_ms": {f"p{q}": round(1000 * pct(ttft, q), 1) for q in (50, 90, 99)},
+        "token_ms": {f"p{q}": round(1000 * pct(gaps, q), 1) for q in (50, 90, 99)},
+        "mean_tokens_per_request": round(statistics.mean([r["tokens"] for r in ok]), 1)
+        if ok
+        else 0,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", type=Path, help="run folder to serve (default: build one)")
+    ap.add_argument("--depth", type=int, default=8, help="model depth when building one")
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16, 64])
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--requests-per-client", type=int, default=2)
+    ap.add_argument("--min-requests", type=int, default=4)
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="server's torch threads (0: PyTorch's default, one per core)",
+    )
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+
+    tmp = tempfile.TemporaryDirectory(prefix="chatsmith-serve-bench-")
+    run = args.run
+    if run is None:
+        run = Path(tmp.name) / "run"
+        build_run(run, args.depth, args.seq_len)
+    port = free_port()
+    top = max(args.levels)
+    cmd = [
+        sys.executable,
+        "-m",
+        "chatsmith.cli",
+        "serve",
+        str(run),
+        "--port",
+        str(port),
+        "--max-batch",
+        str(top),
+        "--max-queue",
+        str(4 * top),
+        "--device",
+        args.device,
+    ]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    server = subprocess.Popen(
+        cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                health = httpx.get(base + "/health", timeout=2).json()
+                break
+            except httpx.HTTPError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("server did not start:\n" + server.stderr.read()) from None
+                time.sleep(0.5)
+        model = httpx.get(base + "/v1/models").json()["data"][0]
+        print(
+            f"serving {model['id']} (context {model['context_length']}), slots {health['slots']}",
+            file=sys.stderr,
+            flush=True,
+        )
+        asyncio.run(run_level("127.0.0.1", port, 2, 2, 8))  # warm-up
+        levels = []
+        for c in args.levels:
+            n = max(args.min_requests, c * args.requests_per_client)
+            before = httpx.get(base + "/health").json()
+            res = asyncio.run(run_level("127.0.0.1", port, c, n, args.max_tokens))
+            after = httpx.get(base + "/health").json()
+            steps = after["steps"] - before["steps"]
+            res["server"] = {
+                "mean_batch": round((after["tokens"] - before["tokens"]) / max(steps, 1), 1),
+                "decode_ms_per_step": round(
+                    1000 * (after["step_seconds"] - before["step_seconds"]) / max(steps, 1), 1
+                ),
+                "prefill_s": round(after["prefill_seconds"] - before["prefill_seconds"], 2),
+                "decode_s": round(after["step_seconds"] - before["step_seconds"], 2),
+            }
+            levels.append(res)
+            print(json.dumps(res), flush=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    one = next((r for r in levels if r["clients"] == 1), None)
+    print(
+        "\n| clients | requests | lost | tokens/s | x one client | TTFT p50/p90/p99 ms "
+        "| per-token p50/p90/p99 ms |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in levels:
+        speedup = f"{r['tokens_per_s'] / one['tokens_per_s']:.1f}x" if one else "-"
+        t, g = r["ttft_ms"], r["token_ms"]
+        print(
+            f"| {r['clients']} | {r['requests']} | {r['lost']} | {r['tokens_per_s']} | "
+            f"{speedup} | {t['p50']}/{t['p90']}/{t['p99']} | {g['p50']}/{g['p90']}/{g['p99']} |"
+        )
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {"args": {k: str(v) for k, v in vars(args).items()}, "levels": levels}, indent=2
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

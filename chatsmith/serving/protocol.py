@@ -1,0 +1,102 @@
+"""Request bodies of the OpenAI-compatible API (pydantic), and the JSON shapes it answers with.
+
+Fields a client may send that chatsmith does not use (penalties, logit_bias, tools, user, ...)
+are accepted and ignored, as lenient OpenAI-compatible servers do, so that existing clients
+work unchanged. Fields that are used are validated strictly; a bad one is a 400 naming it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Probability = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+StopText = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool | None = False
+
+
+class TextPart(BaseModel):
+    """The `[{"type": "text", "text": ...}]` form of message content."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
+
+
+class SamplingRequest(BaseModel):
+    """What chat and text completions share."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = Field(None, description="Any name is accepted; the loaded model answers.")
+    max_tokens: int | None = Field(None, ge=1, description="Most new tokens per choice.")
+    temperature: float | None = Field(
+        None, ge=0, le=2, allow_inf_nan=False, description="0 = greedy. Default 1."
+    )
+    top_p: Probability | None = Field(None, description="Nucleus sampling mass. Default 1.")
+    top_k: int | None = Field(None, ge=1, description="Extension: sample among the k likeliest.")
+    n: int | None = Field(None, ge=1, description="Choices to generate. Default 1.")
+    stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = Field(
+        None, description="Up to 4 strings; the reply ends before the first one it produces."
+    )
+    seed: int | None = Field(
+        None, ge=-(2**63), le=2**64 - 1, description="Same seed and request: the same reply."
+    )
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class ChatCompletionRequest(SamplingRequest):
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_completion_tokens: int | None = Field(None, ge=1, description="Newer name of max_tokens.")
+
+
+class CompletionRequest(SamplingRequest):
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=16)]
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def error_body(
+    message: str,
+    type_: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
