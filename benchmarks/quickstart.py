@@ -69,7 +69,7 @@ def main() -> None:
                 "stage_seconds": {k: round(v, 1) for k, v in summary["stage_seconds"].items()},
                 "plan": {
                     k: summary["plan"][k]
-                    for k in ("depth", "vocab_size", "seq_len", "total_minutes")
+                    for k in ("depth", "preset", "vocab_size", "seq_len", "total_minutes")
                 },
                 "pretrain": summary["pretrain"],
                 "sft": summary["sft"],

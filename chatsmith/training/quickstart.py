@@ -38,7 +38,8 @@ class QuickPlan:
     overhead_minutes: float = 3.0  # data loading, tokenizing, evaluations, sample chat
     pretrain_share: float = 0.68  # of the training time left after the overhead
     vocab_size: int = 2048
-    depth: int = 3
+    depth: int | None = 3  # None: the `preset` below
+    preset: str | None = None
     seq_len: int = 256
     pretrain_batch: int = 16
     pretrain_lr: float = 3e-3
@@ -84,8 +85,15 @@ def plan_for_machine(device: torch.device, total_minutes: float | None = None) -
         )
     else:
         # on CPU compute is what runs out: a small model sees more text in the minutes it has
-        depth = 4 if cores >= 8 else 3 if cores >= 4 else 2
-        plan = QuickPlan(device=str(device), total_minutes=total_minutes or 13.0, depth=depth)
+        # 2-3 cores get the pretraining default, the setting that reached the lowest held-out
+        # bits per byte in 5 minutes on 2 cores (benchmarks/RESULTS.md)
+        depth = 4 if cores >= 8 else 3 if cores >= 4 else None
+        plan = QuickPlan(
+            device=str(device),
+            total_minutes=total_minutes or 13.0,
+            depth=depth,
+            preset=None if depth else "narrow",
+        )
     if plan.total_minutes <= plan.overhead_minutes + 1:
         raise ChatsmithError(
             f"--max-minutes {plan.total_minutes:g} is too short for quickstart; give at least "
@@ -156,7 +164,8 @@ def run_quickstart(
     train_minutes = plan.total_minutes - plan.overhead_minutes
     say(
         f"quickstart into {out} on {plan.device} ({plan.extra.get('cpu_cores', '?')} CPU cores): "
-        f"{plan.depth}-layer model, {plan.vocab_size}-token vocabulary, context {plan.seq_len}; "
+        f"{f'{plan.depth}-layer' if plan.depth else repr(plan.preset)} model, "
+        f"{plan.vocab_size}-token vocabulary, context {plan.seq_len}; "
         f"about {plan.total_minutes:g} minutes in all"
     )
     progress = _Progress(quiet)
@@ -171,6 +180,7 @@ def run_quickstart(
         val_data=plan.pretrain_val_data,
         vocab_size=plan.vocab_size,
         depth=plan.depth,
+        preset=plan.preset or PRETRAIN_DEFAULTS["preset"],
         seq_len=plan.seq_len,
         batch_size=plan.pretrain_batch,
         lr=plan.pretrain_lr,
