@@ -4,7 +4,27 @@ from __future__ import annotations
 
 import torch
 
-from chatsmith.inference.engine import SamplingParams, sample_token, sample_tokens
+from chatsmith.inference.engine import SamplingParams, sample_tokens
+
+
+def sample_token(  # the plain one-row reference the batched sampler must match
+    logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None
+) -> int:
+    """One token id from a (V,) row of logits: greedy at temperature 0, else filtered sampling."""
+    if params.temperature == 0:
+        return int(logits.argmax())
+    logits = logits.float() / params.temperature
+    if params.top_k is not None and params.top_k < logits.numel():
+        kth = torch.topk(logits, params.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if params.top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True)
+        # keep the smallest prefix whose mass reaches top_p (the first token always stays)
+        drop = sorted_p.cumsum(0) - sorted_p >= params.top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
+    return int(torch.multinomial(probs.cpu(), 1, generator=gen))
 
 
 def test_greedy_rows_pick_the_argmax():

@@ -46,24 +46,6 @@ class SamplingParams:
             raise ChatsmithError(f"top_k must be at least 1, got {self.top_k}")
 
 
-def sample_token(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> int:
-    """One token id from a (V,) row of logits: greedy at temperature 0, else filtered sampling."""
-    if params.temperature == 0:
-        return int(logits.argmax())
-    logits = logits.float() / params.temperature
-    if params.top_k is not None and params.top_k < logits.numel():
-        kth = torch.topk(logits, params.top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if params.top_p < 1.0:
-        sorted_p, order = probs.sort(descending=True)
-        # keep the smallest prefix whose mass reaches top_p (the first token always stays)
-        drop = sorted_p.cumsum(0) - sorted_p >= params.top_p
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
-    return int(torch.multinomial(probs.cpu(), 1, generator=gen))
-
-
 def sample_tokens(
     logits: torch.Tensor, params: Sequence[SamplingParams], gens: Sequence[torch.Generator | None]
 ) -> list[int]:
@@ -174,9 +156,7 @@ class Engine:
     def has_free_slot(self) -> bool:
         return bool(self.free)
 
-    @torch.inference_mode()
-    def add(self, prompt: list[int], params: SamplingParams) -> Generation:
-        """Prefill `prompt` into a free slot; its first token comes out of the next `step`."""
+    def _check(self, prompt: list[int], params: SamplingParams) -> None:
         params.validate()
         if not prompt:
             raise ChatsmithError("the prompt is empty")
@@ -185,6 +165,11 @@ class Engine:
                 f"the prompt has {len(prompt)} tokens; the model's context is {self.context}, "
                 "which leaves no room for a reply"
             )
+
+    @torch.inference_mode()
+    def add(self, prompt: list[int], params: SamplingParams) -> Generation:
+        """Prefill `prompt` into a free slot; its first token comes out of the next `step`."""
+        self._check(prompt, params)
         if not self.free:
             raise EngineFull(f"all {self.max_batch} generation slots are busy")
         slot = self.free.pop()
@@ -213,14 +198,7 @@ class Engine:
         if len(prompts) != len(params):
             raise ChatsmithError("add_many needs one SamplingParams per prompt")
         for prompt, p in zip(prompts, params):
-            p.validate()
-            if not prompt:
-                raise ChatsmithError("the prompt is empty")
-            if len(prompt) >= self.context:
-                raise ContextOverflow(
-                    f"the prompt has {len(prompt)} tokens; the model's context is "
-                    f"{self.context}, which leaves no room for a reply"
-                )
+            self._check(prompt, p)
         if len(prompts) > len(self.free):
             raise EngineFull(f"{len(prompts)} prompts but {len(self.free)} free slots")
         if len(prompts) <= 1:
