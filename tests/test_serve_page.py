@@ -125,9 +125,15 @@ def test_chat_page_streams_stops_and_starts_over(page_server, browser):
     assert [t["role"] for t in turns] == ["user", "assistant", "user"]
     assert turns[0]["content"] == "Hi, how are you?" and turns[2]["content"] == "Tell me more."
 
-    # stop mid-reply: the stream ends, the slot comes free, the page is ready again
+    # a new chat empties the page; the next prompt holds one turn
+    browser.find_element(By.ID, "new-chat").click()
+    assert browser.find_elements(By.CSS_SELECTOR, ".msg") == []
+
+    # stop mid-reply: the stream ends, the slot comes free, the page is ready again (in a new
+    # chat, so the prompt stays well inside the tiny test model's 64-token context)
     browser.execute_script("document.getElementById('max-tokens').value = '60';")
     third = _send(browser, "And then?")
+    assert len(parse(_tokenizer(page_server), page_server.prompts[-1])) == 1
     _wait(lambda: len(_text(third)) > 0)
     browser.find_element(By.ID, "stop").click()
     _wait(lambda: third.get_attribute("data-done") == "true")
