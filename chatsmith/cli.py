@@ -81,6 +81,14 @@ def merge_args(flags, given: dict, defaults: dict) -> dict:
     return base
 
 
+def start_point(start: Optional[Path], resume: Optional[Path], usage: str) -> Optional[str]:
+    """The run a derived stage (sft, rl) starts from; a resumed run keeps the one it was
+    created from, so the argument is then ignored."""
+    if start is None and resume is None:
+        raise ChatsmithError(usage)
+    return None if resume is not None else str(start)
+
+
 def report(result, as_json: bool, extra: Optional[dict] = None) -> None:
     figures = {**result.to_dict(), **(extra or {})}
     if as_json:
@@ -300,13 +308,14 @@ def rl(
     from chatsmith.training.rl import REWARD_CURVE, RL_DEFAULTS
     from chatsmith.training.rl import rl as run_rl
 
-    if run is None and resume is None:
-        raise ChatsmithError("give the run to start from: chatsmith rl RUN --task arithmetic")
+    start = start_point(
+        run, resume, "give the run to start from: chatsmith rl RUN --task arithmetic"
+    )
     flags, flag_info = run_flags(
         "rl", out, resume, max_minutes, max_steps, device, seed, {"max_minutes": 10.0}
     )
     given = dict(
-        run=None if run is None else str(run),
+        run=start,
         task=task,
         group_size=group_size,
         prompts_per_step=prompts_per_step,
@@ -318,8 +327,6 @@ def rl(
         eval_every=eval_every,
         save_every=save_every,
     )
-    if resume is not None:
-        given.pop("run")  # the run keeps the starting point it was created from
     args = merge_args(flags, given, RL_DEFAULTS)
     say(f"run folder: {flags.out}  device: {flags.device}")
     result = run_rl(args, flags, flag_info, say=say)
@@ -367,13 +374,14 @@ def sft(
     from chatsmith.training.sft import SFT_DEFAULTS
     from chatsmith.training.sft import sft as run_sft
 
-    if base_run is None and resume is None:
-        raise ChatsmithError("give the pretrained run to fine-tune: chatsmith sft BASE_RUN")
+    start = start_point(
+        base_run, resume, "give the pretrained run to fine-tune: chatsmith sft BASE_RUN"
+    )
     flags, flag_info = run_flags(
         "sft", out, resume, max_minutes, max_steps, device, seed, {"max_minutes": 3.0}
     )
     given = dict(
-        base_run=None if base_run is None else str(base_run),
+        base_run=start,
         data=data,
         val_data=val_data,
         task=task,
@@ -385,8 +393,6 @@ def sft(
         eval_every=eval_every,
         save_every=save_every,
     )
-    if resume is not None:
-        given.pop("base_run")  # a resumed run keeps the base it was created from
     args = merge_args(flags, given, SFT_DEFAULTS)
     say(f"run folder: {flags.out}  device: {flags.device}")
     result = run_sft(args, flags, flag_info, say=say)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from chatsmith.data.arithmetic import ArithmeticTask
 from chatsmith.data.tasks import (
@@ -18,15 +17,7 @@ from chatsmith.data.tasks import (
 from chatsmith.errors import ChatsmithError
 from chatsmith.evaluation.tasks import evaluate_task, pass_at_k
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy 2-core machine two threads
-    oversubscribe the cores and run these tests many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize(
