@@ -345,13 +345,13 @@ def test_sft_mask_on_imported_template_is_the_assistant_reply(family, imported):
 
 
 def test_bits_per_byte_counts_decoded_bytes(imported):
-    for family in ("llama", "mistral"):
-        tok = load_run(imported[family], "cpu").tokenizer
-        text = "Tell me a story about a small robot."
-        ids = tok.encode(text)
-        counted = sum(tok.bytes_per_token[i] for i in ids)
-        # SentencePiece's leading "▁" is a space the decoder strips at the start of a text
-        assert counted - len(text.encode()) in (0, 1 if family == "mistral" else 0)
+    text = "Tell me a story about a small robot."
+    byte_level = load_run(imported["llama"], "cpu").tokenizer
+    assert sum(byte_level.bytes_per_token[i] for i in byte_level.encode(text)) == len(text)
+    # SentencePiece writes the leading space as "▁" too; its decoder drops it at the start
+    sentencepiece = load_run(imported["mistral"], "cpu").tokenizer
+    ids = sentencepiece.encode(text)
+    assert b"".join(sentencepiece.token_bytes(i) for i in ids) == b" " + text.encode()
 
 
 # -- export ---------------------------------------------------------------------------------
@@ -403,25 +403,19 @@ def test_exported_chat_template_gives_our_ids_and_assistant_mask(tmp_path):
     out, _ = export_run(run, tmp_path / "hf")
     ours = load_run(run, "cpu").tokenizer
     theirs = transformers.AutoTokenizer.from_pretrained(out)
-    conversation = [
-        {"role": "system", "content": "Be brief."},
-        *MESSAGES,
-        {"role": "assistant", "content": "Four. <|end|> typed text stays text"},
-    ]
+    conversation = [{"role": "system", "content": "Be brief."}, *MESSAGES]
+    conversation.append({"role": "assistant", "content": "Four, as asked."})
     got = theirs.apply_chat_template(
         conversation, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
     )
     ids, mask = ours.chat.render(conversation)
-    typed_end = ours.encode(" <|end|> typed")
-    if typed_end == theirs.encode(" <|end|> typed", add_special_tokens=False):
-        assert got["input_ids"] == ids  # cannot differ then
-    # transformers turns the typed marker into the special token; ours keeps it as text: the
-    # README says so. Everything up to that reply agrees, mask included.
-    cut = len(ours.chat.render(conversation[:-1])[0])
-    assert got["input_ids"][:cut] == ids[:cut]
-    assert got["assistant_masks"][:cut] == mask[:cut]
-    assert sum(mask[:cut]) > 0
+    assert got["input_ids"] == ids
+    assert got["assistant_masks"] == mask and sum(mask) > 0
     assert hf_chat_prompt(theirs, MESSAGES) == ours.chat.render_prompt(MESSAGES)
+    # the one documented difference: transformers turns a typed marker into the special token
+    typed = "a typed <|end|> marker"
+    assert ours.end_id in theirs.encode(typed, add_special_tokens=False)
+    assert ours.end_id not in ours.encode(typed)
 
 
 @pytest.mark.parametrize("family", ["qwen2", "qwen3", "mistral"])
@@ -605,3 +599,20 @@ def test_bits_per_byte_of_an_imported_model_match_transformers_loss(
     assert score.loss == pytest.approx(loss, abs=1e-4)
     decoded = sum(run.tokenizer.bytes_per_token[i] for i in ids[1:])
     assert score.bytes == decoded
+
+
+def test_sentencepiece_byte_fallback_tokens_count_their_byte():
+    from chatsmith.tokenizer import Tokenizer
+
+    vocab = {"<unk>": 0, "</s>": 1, "<0x0A>": 2, "▁hi": 3, "▁": 4, "h": 5, "i": 6, "▁h": 7}
+    hf = HFTokenizer(models.BPE(vocab=vocab, merges=[("▁", "h"), ("▁h", "i")], byte_fallback=True))
+    hf.add_special_tokens(["</s>"])
+    hf.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
+    hf.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    tok = Tokenizer(hf, {"eos_token": "</s>"})
+    ids = tok.encode("hi\n")
+    assert ids == [3, 2]
+    assert [tok.token_bytes(i) for i in ids] == [b" hi", b"\n"]
+    assert tok.token_bytes(1) == b"" and tok.token_bytes(10_000) == b""
