@@ -418,7 +418,7 @@ def test_exported_chat_template_gives_our_ids_and_assistant_mask(tmp_path):
     assert ours.end_id not in ours.encode(typed)
 
 
-@pytest.mark.parametrize("family", ["qwen2", "qwen3", "mistral"])
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_imported_model_exports_back_loadable(family, imported, hf_folders, tmp_path):
     out = tmp_path / "back"
     export_run(imported[family], out)
@@ -616,3 +616,26 @@ def test_sentencepiece_byte_fallback_tokens_count_their_byte():
     assert ids == [3, 2]
     assert [tok.token_bytes(i) for i in ids] == [b" hi", b"\n"]
     assert tok.token_bytes(1) == b"" and tok.token_bytes(10_000) == b""
+
+
+def test_generation_blocks_of_an_imported_template_set_the_mask(hf_folders, tmp_path):
+    folder = tmp_path / "hf"
+    shutil.copytree(hf_folders["qwen2"], folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["chat_template"] = (
+        "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+        "{% if message['role'] == 'assistant' %}{% generation %}"
+        "{{ message['content'] }}<|im_end|>{% endgeneration %}\n"
+        "{% else %}{{ message['content'] }}<|im_end|>\n{% endif %}{% endfor %}"
+    )
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    tok = load_run(import_hf(str(folder), tmp_path / "run").out, "cpu").tokenizer
+    conversation = [*MESSAGES, {"role": "assistant", "content": "Four."}]
+    theirs = transformers.AutoTokenizer.from_pretrained(folder).apply_chat_template(
+        conversation, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    ids, mask = tok.chat.render(conversation)
+    assert ids == theirs["input_ids"] and mask == theirs["assistant_masks"]
+    assert tok.hf.decode([t for t, m in zip(ids, mask) if m], skip_special_tokens=False) == (
+        MESSAGES[1]["content"] + "<|im_end|>" + "Four.<|im_end|>"
+    )

@@ -131,8 +131,9 @@ class JinjaTemplate:
         """Original text and, per character of it, its index in `text`."""
         out, where, i = [], [], 0
         while i < len(text):
-            if text[i] == ESC and i + 1 < len(text):
-                original = self.escaped[ord(text[i + 1]) - ESC_BASE]
+            k = ord(text[i + 1]) - ESC_BASE if text[i] == ESC and i + 1 < len(text) else -1
+            if 0 <= k < len(self.escaped):
+                original = self.escaped[k]
                 out.append(original)
                 where += [i] * len(original)
                 i += 2
