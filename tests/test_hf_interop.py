@@ -505,7 +505,7 @@ def test_bad_input_via_the_cli_is_one_error_line(case, hf_folders, tmp_path):
     assert not out.exists()
 
 
-def test_cli_import_then_generate_and_chat(hf_folders, tmp_path):
+def test_cli_import_then_chat_with_the_model_template(hf_folders, tmp_path):
     out = tmp_path / "run"
     result = run_cli("import", str(hf_folders["qwen3"]), "--out", str(out), "--max-seq-len", "64")
     assert result.returncode == 0, result.stderr
