@@ -274,11 +274,11 @@ def test_greedy_generation_equal_with_and_without_cache_and_batched(family, hf_f
     assert all(len(e) == 32 for e in expected)
     model = ours.model
     with torch.no_grad():
+        seq = list(batch[-1])  # no cache: the whole sequence every step
+        for _ in range(32):
+            seq.append(int(model(torch.tensor([seq]))[0][0, -1].argmax()))
+        assert seq[len(batch[-1]) :] == expected[-1]
         for p, want in zip(batch, expected):
-            seq = list(p)  # no cache: the whole sequence every step
-            for _ in range(32):
-                seq.append(int(model(torch.tensor([seq]))[0][0, -1].argmax()))
-            assert seq[len(p) :] == want
             cache = KVCache.for_model(model.cfg, 1, "cpu", torch.float32)
             logits, _ = model(torch.tensor([p]), cache=cache, rows=torch.tensor([0]))
             got = []
