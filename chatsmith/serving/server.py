@@ -58,7 +58,7 @@ class Server:
 
     def __init__(self, loaded: LoadedRun, limits: ServeLimits, api_key: str | None):
         limits.validate()
-        self.loaded, self.limits, self.api_key = loaded, limits, api_key
+        self.limits, self.api_key = limits, api_key
         self.tok = loaded.tokenizer
         self.model_id = loaded.name
         self.created = run_created(loaded.path)
