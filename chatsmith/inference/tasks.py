@@ -1,4 +1,7 @@
-"""pass@1 and pass@k of a model on a task's held-out problems, sampled through the shared Engine.
+"""Replies to a task's problems, sampled through the shared Engine, and their pass@1 / pass@k.
+
+RL samples its training groups with `sample_groups` and checks held-out pass@1 with
+`evaluate_task`; `chatsmith eval --task` reports the same figures.
 
 pass@k uses the unbiased estimator of Chen et al. (2021, "Evaluating Large Language Models
 Trained on Code"): with n samples of which c are correct, pass@k = 1 - C(n-c, k) / C(n, k),
@@ -45,10 +48,6 @@ class TaskScore:
         return {"pass@1": self.pass1, "pass@k": self.passk, "k": self.k, "n": self.n}
 
 
-def make_engine(model: nn.Module, tok: Tokenizer, max_batch: int) -> Engine:
-    return Engine(model, stop_ids=[tok.end_id, tok.bos_id], max_batch=max_batch)
-
-
 def prompt_ids(
     tok: Tokenizer, prompts: list[TaskPrompt], context: int, max_new_tokens: int
 ) -> list[list[int]]:
@@ -91,8 +90,8 @@ def sample_groups(
                     seed=(seed * 1_000_003 + i * 1009 + j) % (2**62),
                 )
             )
-    gens = engine.generate_many(flat, params)
-    return [gens[i * samples : (i + 1) * samples] for i in range(len(ids))]
+    generations = engine.generate_many(flat, params)
+    return [generations[i * samples : (i + 1) * samples] for i in range(len(ids))]
 
 
 def evaluate_task(
@@ -125,7 +124,7 @@ def evaluate_task(
         raise ChatsmithError(f"task {task.name} has no {split} problems")
     was_training = model.training
     if engine is None:
-        engine = make_engine(model, tok, max(1, min(max_batch, len(prompts) * samples)))
+        engine = Engine(model, tok.stop_ids, max(1, min(max_batch, len(prompts) * samples)))
     model.eval()
     try:
         ids = prompt_ids(tok, prompts, model.cfg.max_seq_len, max_new_tokens)
