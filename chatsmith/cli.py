@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from chatsmith.cli_stages import stage_command
+from chatsmith.data.chitchat import BUILTIN_NAME
 from chatsmith.errors import ChatsmithError
 from chatsmith.reporting import Reporter
 from chatsmith.training.config import (
@@ -96,7 +97,7 @@ def generate(
 def evaluate(
     run: Path = RunArg,
     data: str = typer.Option(
-        "builtin:chitchat", help="Text to score (default: built-in held-out split)."
+        BUILTIN_NAME, help="Text to score (default: the built-in corpus's held-out split)."
     ),
     batch_size: int = typer.Option(8, help="Windows scored at once."),
     max_tokens: Optional[int] = typer.Option(None, help="Score at most this many tokens."),

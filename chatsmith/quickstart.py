@@ -157,10 +157,6 @@ def run_quickstart(
 
     `reporter` takes the messages; the progress is shown as one bar for the whole pipeline
     (none when the reporter is quiet)."""
-    from chatsmith.inference.chat import ChatSession
-    from chatsmith.inference.engine import SamplingParams
-    from chatsmith.inference.loading import load_run
-
     reporter = reporter or Reporter()
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -168,7 +164,6 @@ def run_quickstart(
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     device = torch.device(plan.device)
-    train_minutes = plan.total_minutes - plan.overhead_minutes
     reporter.say(
         f"quickstart into {out} on {plan.device} ({plan.extra.get('cpu_cores', '?')} CPU cores): "
         f"{f'{plan.depth}-layer' if plan.depth else repr(plan.preset)} model, "
@@ -187,21 +182,7 @@ def run_quickstart(
 
     # stage 3: SFT, with whatever time the budget still has
     chat_dir = out / "chat"
-    s_minutes = None
-    if not plan.sft_steps:
-        spent = (time.perf_counter() - t0) / 60
-        # keep two minutes for SFT's data and final evaluation and the sample chat (measured
-        # at ~1.7 minutes on two busy CPU cores)
-        s_minutes = max(
-            0.5, min(train_minutes * (1 - plan.pretrain_share), plan.total_minutes - spent - 2.0)
-        )
-    srun = RunConfig(
-        out=chat_dir,
-        device=device,
-        seed=seed,
-        max_steps=plan.sft_steps or plan.sft_step_cap,
-        max_minutes=s_minutes,
-    )
+    srun = sft_run(plan, chat_dir, device, seed, spent_minutes=(time.perf_counter() - t0) / 60)
     t = time.perf_counter()
     sresult = sft(sft_config(plan, base), srun, progress)
     times["sft"] = time.perf_counter() - t
@@ -209,15 +190,7 @@ def run_quickstart(
     # stage 4: a short sample chat with the result
     progress.phase("sample chat")
     t = time.perf_counter()
-    loaded = load_run(chat_dir, device)
-    params = SamplingParams(
-        max_tokens=plan.sample_tokens, temperature=0.7, top_k=50, top_p=0.95, seed=seed
-    )
-    session = ChatSession(loaded.engine(), loaded.tokenizer, params)
-    samples = []
-    for i, prompt in enumerate(plan.sample_prompts):
-        samples.append({"user": prompt, "assistant": session.ask(prompt)})
-        progress.fill((i + 1) / len(plan.sample_prompts))
+    samples = sample_chat(chat_dir, plan, device, seed, progress)
     times["sample_chat"] = time.perf_counter() - t
     progress.close()
 
@@ -276,3 +249,43 @@ def sft_config(plan: QuickPlan, base: Path) -> SFTConfig:
         eval_every=plan.eval_every,
         save_every=10**9,
     )
+
+
+def sft_run(
+    plan: QuickPlan, out: Path, device: torch.device, seed: int, spent_minutes: float
+) -> RunConfig:
+    """SFT's budget: its share of the training time, within what the whole budget has left."""
+    minutes = None
+    if not plan.sft_steps:
+        train_minutes = plan.total_minutes - plan.overhead_minutes
+        # keep two minutes for SFT's data and final evaluation and the sample chat (measured
+        # at ~1.7 minutes on two busy CPU cores)
+        left = plan.total_minutes - spent_minutes - 2.0
+        minutes = max(0.5, min(train_minutes * (1 - plan.pretrain_share), left))
+    return RunConfig(
+        out=out,
+        device=device,
+        seed=seed,
+        max_steps=plan.sft_steps or plan.sft_step_cap,
+        max_minutes=minutes,
+    )
+
+
+def sample_chat(
+    chat_dir: Path, plan: QuickPlan, device: torch.device, seed: int, progress: PipelineReporter
+) -> list[dict]:
+    """One reply of the chat model to each of the plan's sample prompts, in one conversation."""
+    from chatsmith.inference.chat import ChatSession
+    from chatsmith.inference.engine import SamplingParams
+    from chatsmith.inference.loading import load_run
+
+    loaded = load_run(chat_dir, device)
+    params = SamplingParams(
+        max_tokens=plan.sample_tokens, temperature=0.7, top_k=50, top_p=0.95, seed=seed
+    )
+    session = ChatSession(loaded.engine(), loaded.tokenizer, params)
+    samples = []
+    for i, prompt in enumerate(plan.sample_prompts):
+        samples.append({"user": prompt, "assistant": session.ask(prompt)})
+        progress.fill((i + 1) / len(plan.sample_prompts))
+    return samples

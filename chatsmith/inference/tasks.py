@@ -40,17 +40,13 @@ class TaskScore:
     passk: float
     k: int
     n: int  # problems scored
-    mean_reward: float
-    reward_errors: int = 0
     examples: list[tuple[str, str, float]] = field(default_factory=list)  # prompt, reply, reward
 
     def to_dict(self) -> dict:
         return {"pass@1": self.pass1, "pass@k": self.passk, "k": self.k, "n": self.n}
 
 
-def prompt_ids(
-    tok: Tokenizer, prompts: list[TaskPrompt], context: int, max_new_tokens: int
-) -> list[list[int]]:
+def prompt_ids(tok: Tokenizer, prompts: list[TaskPrompt], context: int) -> list[list[int]]:
     """Rendered prompts; a prompt that leaves no room for a reply is an input error."""
     out = []
     for p in prompts:
@@ -127,23 +123,21 @@ def evaluate_task(
         engine = Engine(model, tok.stop_ids, max(1, min(max_batch, len(prompts) * samples)))
     model.eval()
     try:
-        ids = prompt_ids(tok, prompts, model.cfg.max_seq_len, max_new_tokens)
+        ids = prompt_ids(tok, prompts, model.cfg.max_seq_len)
         groups = sample_groups(engine, ids, samples, temperature, max_new_tokens, seed)
     finally:
         model.train(was_training)
-    pass1 = passk = total = 0.0
-    errors, examples = 0, []
+    pass1 = passk = 0.0
+    examples = []
     for p, group in zip(prompts, groups, strict=True):
         correct = 0
         for g in group:
             reply = tok.decode(g.tokens)
-            r, err = safe_reward(task, p, reply)
-            errors += err is not None
-            total += r
+            r, _ = safe_reward(task, p, reply)
             correct += r >= SOLVED
             if len(examples) < keep_examples:
                 examples.append((p.prompt, reply, r))
         pass1 += pass_at_k(samples, correct, 1)
         passk += pass_at_k(samples, correct, samples)
     n = len(prompts)
-    return TaskScore(pass1 / n, passk / n, samples, n, total / (n * samples), errors, examples)
+    return TaskScore(pass1 / n, passk / n, samples, n, examples)

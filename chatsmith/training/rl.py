@@ -177,7 +177,7 @@ class GroupRelativeObjective:
 
     def next_batch(self, model: nn.Module) -> dict:
         prompts = self._next_prompts()
-        ids = prompt_ids(self.tok, prompts, model.cfg.max_seq_len, self.config.max_new_tokens)
+        ids = prompt_ids(self.tok, prompts, model.cfg.max_seq_len)
         groups = self._sample(model, ids)
         seqs, rewards, errors = [], [], 0
         for p, p_ids, group in zip(prompts, ids, groups, strict=True):
@@ -267,7 +267,10 @@ class GroupRelativeObjective:
         return {"samples_drawn": self.samples_drawn, "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
-        self.samples_drawn, self.position = int(state["samples_drawn"]), int(state["position"])
+        self.samples_drawn = int(state["samples_drawn"])
+        # runs saved before `position` kept (epoch, pos in epoch)
+        old = int(state.get("epoch", 0)) * len(self.train_prompts) + int(state.get("pos", 0))
+        self.position = int(state.get("position", old))
 
 
 def _reference(model: nn.Module, cfg: ModelConfig, run: RunConfig) -> nn.Module:
