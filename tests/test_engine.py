@@ -53,7 +53,8 @@ def test_stop_token_ends_the_reply_and_is_not_shown(model):
         engine.step()
     assert seq.tokens == first[: first.index(stop)] and seq.finish_reason == "stop"
     assert seq.stop_token == stop  # recorded: RL trains on the stop token it sampled
-    other = Engine(model, stop_ids=[stop]).generate_many([prompt], SamplingParams(2, temperature=0))
+    unused = next(t for t in range(64) if t not in first)
+    other = Engine(model, stop_ids=[unused]).generate_many([prompt], SamplingParams(8, 0.0))
     assert other[0].finish_reason == "length" and other[0].stop_token is None
 
 
