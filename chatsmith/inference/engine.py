@@ -83,7 +83,14 @@ def _sample_rows(
     sort: bool,
 ) -> list[int]:
     vocab = logits.shape[-1]
-    x = logits.float().cpu() / torch.tensor([[p.temperature] for p in params])
+    logits = logits.float().cpu()
+    x = logits / torch.tensor([[p.temperature] for p in params])
+    # a temperature so small that the division overflows (1e-45, or 1e-300 which float32 holds
+    # as 0) means its limit, greedy: only the likeliest tokens stay, instead of NaN from inf-inf
+    overflow = ~torch.isfinite(x).all(-1)
+    if overflow.any():
+        top = logits[overflow]
+        x[overflow] = torch.where(top == top.max(-1, keepdim=True).values, 0.0, float("-inf"))
     order = None
     if sort:
         x, order = x.sort(-1, descending=True)
@@ -93,6 +100,7 @@ def _sample_rows(
     if sort:
         # keep the smallest prefix whose mass reaches top_p (the first token always stays)
         drop = probs.cumsum(-1) - probs >= torch.tensor([[p.top_p] for p in params])
+        drop[:, 0] = False  # even when top_p underflows to 0 (1e-300 in float32)
         probs = probs.masked_fill(drop, 0.0)
     cdf = probs.cumsum(-1)
     u = torch.empty(len(params))
