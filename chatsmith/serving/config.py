@@ -22,6 +22,7 @@ class ServeLimits:
     max_body_bytes: int = 1_000_000  # request body size
     max_n: int = 4  # choices per request
     retry_after_s: int = 1  # hint sent with 429/503
+    engine_stall_s: float = 300.0  # one engine step longer than this: stuck (503, /health)
 
     def validate(self) -> None:
         for name in (
@@ -36,5 +37,7 @@ class ServeLimits:
                 raise ChatsmithError(
                     f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
                 )
+        if not self.engine_stall_s > 0:
+            raise ChatsmithError(f"engine-stall-s must be > 0, got {self.engine_stall_s}")
         if self.max_queue < 0:
             raise ChatsmithError(f"max-queue must be >= 0, got {self.max_queue}")

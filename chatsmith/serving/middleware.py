@@ -93,15 +93,21 @@ class _CountedBody:
             await _too_big(self.limit)(self.scope, self._receive, self._send)
 
 
+def key_matches(request: Request) -> bool:
+    """Whether the request carries the configured key as `Authorization: Bearer KEY`.
+
+    Header values arrive decoded as Latin-1 (HTTP's own charset); encoding back gives the bytes
+    the client sent, which are compared with the key's UTF-8 bytes, so a non-ASCII key works
+    from clients that send UTF-8 (as they all do)."""
+    api_key = request.app.state.server.api_key
+    raw = request.headers.get("authorization", "").encode("latin-1")
+    scheme, _, key = raw.partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(key.strip(), api_key.encode())
+
+
 async def authorize(request: Request) -> None:
     """Route dependency: with an API key configured, require `Authorization: Bearer KEY`."""
-    api_key = request.app.state.server.api_key
-    if api_key is None:
-        return
-    scheme, _, key = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        key.strip().encode(), api_key.encode()
-    ):
+    if request.app.state.server.api_key is not None and not key_matches(request):
         raise APIError(
             401,
             "missing or wrong API key (send 'Authorization: Bearer KEY')",
