@@ -51,9 +51,9 @@ def faulty_app(loaded, at: str, **limits):
     engine.model = FaultyModel(engine.model, loaded.tokenizer.encode(POISON)[-1], at)
     step = engine.step
 
-    def slow_step(only=None):  # healthy streams stay in flight while the poisoned one runs
+    def slow_step(*only):  # healthy streams stay in flight while the poisoned one runs
         time.sleep(0.01)
-        return step(only)
+        return step(*only)
 
     engine.step = slow_step
     return app
@@ -130,7 +130,7 @@ def test_a_dead_engine_thread_shows_in_health_and_gives_503(loaded, caplog):
     engine = app.state.server.engine
     gate = threading.Event()
 
-    def dying_step(only=None):
+    def dying_step(*only):
         gate.wait(10)
         raise EngineKilled("simulated fatal error")
 
@@ -163,7 +163,7 @@ def test_a_stuck_engine_shows_in_health_and_gives_503(loaded):
     app = create_app(loaded, ServeLimits(max_batch=2, engine_stall_s=0.5))
     engine = app.state.server.engine
     step, gate = engine.step, threading.Event()
-    engine.step = lambda only=None: (gate.wait(30), step(only))[1]
+    engine.step = lambda *only: (gate.wait(30), step(*only))[1]
     with LiveServer(app) as srv:
         t0 = time.monotonic()
         stuck = httpx.post(srv.url + "/v1/completions", json={"prompt": "Hi"}, timeout=30)

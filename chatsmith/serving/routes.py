@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from chatsmith.serving.errors import APIError
 from chatsmith.serving.middleware import authorize, key_matches
@@ -66,7 +67,7 @@ async def get_model(model: str, srv: Server = Depends(server)) -> dict:
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, srv: Server = Depends(server)
 ):
-    ids = srv.chat_prompt(body)
+    ids = await run_in_threadpool(srv.chat_prompt, body)
     params = srv.sampling(body, body.max_completion_tokens or body.max_tokens)
     ticket = srv.submit([ids] * len(params), params)
     return await respond(request, srv, ticket, body, len(ids), CHAT)
@@ -74,7 +75,7 @@ async def chat_completions(
 
 @openai_api.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request, srv: Server = Depends(server)):
-    prompts = srv.text_prompts(body)
+    prompts = await run_in_threadpool(srv.text_prompts, body)
     params = srv.sampling(body, body.max_tokens)
     # choices are prompt-major: all n choices of the first prompt, then of the next
     jobs = [p for p in prompts for _ in params]

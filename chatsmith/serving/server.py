@@ -69,11 +69,17 @@ class Server:
 
     def __init__(self, loaded: LoadedRun, limits: ServeLimits, api_key: str | None):
         limits.validate()
+        if api_key is not None and not api_key.strip():
+            # a blank key would let a bare "Authorization: Bearer" in
+            raise ChatsmithError("the API key is empty: give a real key, or none for no auth")
         self.limits, self.api_key = limits, api_key
         self.tok = loaded.tokenizer
         self.model_id = loaded.name
         self.created = run_created(loaded.path)
         self.context = loaded.cfg.max_seq_len
+        # no token spans more bytes than the longest in the vocabulary (nor more characters),
+        # so a text longer than this cannot fit the context: refused before tokenizing it
+        self.max_prompt_chars = self.context * max(self.tok.bytes_per_token)
         # every special token ends a reply: a marker can never show up as reply text
         self.engine = Engine(
             loaded.model,
@@ -105,11 +111,15 @@ class Server:
 
     # ---- request -> prompt and sampling -----------------------------------------------------
 
+    # prompts are tokenized on a worker thread (`run_in_threadpool` in the routes): a long one
+    # must not stall the event loop and with it every stream in flight
+
     def chat_prompt(self, body: ChatCompletionRequest) -> list[int]:
         messages = [
             {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
             for m in body.messages
         ]
+        self._check_chars(sum(len(m["content"]) for m in messages), "messages")
         try:
             messages = validate_messages(messages, where="messages")
         except ChatsmithError as e:
@@ -120,10 +130,23 @@ class Server:
 
     def text_prompts(self, body: CompletionRequest) -> list[list[int]]:
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        params = ["prompt"] if len(texts) == 1 else [f"prompt[{i}]" for i in range(len(texts))]
+        for text, param in zip(texts, params):
+            self._check_chars(len(text), param)
         prompts = [[self.tok.bos_id, *self.tok.encode(t)] for t in texts]
-        for i, ids in enumerate(prompts):
-            self._check_length(ids, "prompt" if len(prompts) == 1 else f"prompt[{i}]")
+        for ids, param in zip(prompts, params):
+            self._check_length(ids, param)
         return prompts
+
+    def _check_chars(self, chars: int, param: str) -> None:
+        if chars > self.max_prompt_chars:
+            raise APIError(
+                400,
+                f"the prompt has {chars} characters, more than this model's context of "
+                f"{self.context} tokens can hold: shorten it",
+                param=param,
+                code="context_length_exceeded",
+            )
 
     def _check_length(self, ids: list[int], param: str) -> None:
         if len(ids) >= self.context:
