@@ -60,12 +60,14 @@ class FaultyModel:
 
 
 class CountingHandler(logging.Handler):
+    """Counts error records (keeping them would keep their tracebacks' frames, and tensors)."""
+
     def __init__(self):
         super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
+        self.count = 0
 
     def emit(self, record):
-        self.records.append(record)
+        self.count += 1
 
 
 def rss_mb() -> float:
@@ -173,7 +175,7 @@ async def poisoned(client: httpx.AsyncClient, rng: random.Random, poison: str) -
 # ---- the soak -----------------------------------------------------------------------------------
 
 
-async def soak(url: str, host: str, port: int, args) -> tuple[Counter, int]:
+async def soak(url: str, host: str, port: int, args) -> tuple[Counter, int, list[float]]:
     outcomes: Counter = Counter()  # (kind, outcome) -> count
     rng = random.Random(args.seed)
     deadline = time.monotonic() + args.minutes * 60
@@ -206,8 +208,16 @@ async def soak(url: str, host: str, port: int, args) -> tuple[Counter, int]:
                     kind, out = "transport error", type(e).__name__
                 outcomes[(kind, out)] += 1
 
+    async def sample_memory():  # resident memory every 10 s: flat, or growing?
+        while time.monotonic() < deadline and started < args.max_requests:
+            await asyncio.sleep(10)
+            rss_samples.append(round(rss_mb(), 1))
+
+    rss_samples: list[float] = []
+    sampler = asyncio.ensure_future(sample_memory())
     await asyncio.gather(*(worker(rng.randrange(2**32)) for _ in range(args.clients)))
-    return outcomes, started
+    sampler.cancel()
+    return outcomes, started, rss_samples
 
 
 def main() -> None:
@@ -266,7 +276,7 @@ def main() -> None:
         httpx.post(srv.url + "/v1/completions", json={"prompt": "warm up", "max_tokens": 4})
         rss_start = rss_mb()
         t0 = time.monotonic()
-        outcomes, started = asyncio.run(soak(srv.url, srv.host, srv.port, args))
+        outcomes, started, rss_samples = asyncio.run(soak(srv.url, srv.host, srv.port, args))
         wall = time.monotonic() - t0
         # whatever is still in flight on the server side must drain, then nothing is held
         drained = False
@@ -300,13 +310,14 @@ def main() -> None:
         # poisoned request may raise twice), requests failed by them, and log records
         "injected_raises": dict(faulty.injected),
         "poisoned_requests_answered_500": failed,
-        "failures_logged": len(logged.records),
+        "failures_logged": logged.count,
         "slots_in_use_at_end": slots_in_use,
         "live_sequences_at_end": len(engine.live),
         "drained": drained,
         "health_at_end": health.status_code,
         "rss_mb_start": round(rss_start, 1),
         "rss_mb_end": round(rss_end, 1),
+        "rss_mb_every_10s": rss_samples,
         "settings": {k: str(v) for k, v in vars(args).items()},
     }
     if tmp is not None:

@@ -550,6 +550,7 @@ def serve(
     allowed_host: Optional[list[str]] = typer.Option(
         None,
         "--allowed-host",
+        metavar="NAME",
         help="Also answer requests for this Host name (repeatable; loopback names always).",
     ),
     max_batch: int = typer.Option(16, help="Sequences decoded together (concurrent requests)."),
