@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 
@@ -175,3 +176,30 @@ def test_a_stuck_engine_shows_in_health_and_gives_503(loaded):
         assert wait_for(lambda: health(srv.url).status_code == 200)
         ok = httpx.post(srv.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 2})
         assert ok.status_code == 200
+
+
+def thread_cpu_ticks(thread: threading.Thread) -> int:
+    """User + system CPU time a thread has used, in clock ticks (Linux /proc)."""
+    with open(f"/proc/self/task/{thread.native_id}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads Linux /proc")
+def test_after_a_failure_the_only_slot_serves_again_and_the_engine_rests(loaded):
+    """With one slot, a prefill failure that kept the slot would leave the next request
+    waiting forever and the engine thread spinning over a queue it can never admit."""
+    app = create_app(loaded, ServeLimits(max_batch=1))
+    engine = app.state.server.engine
+    engine.model = FaultyModel(engine.model, loaded.tokenizer.encode(POISON)[-1], "prefill")
+    with LiveServer(app) as srv:
+        bad = httpx.post(srv.url + "/v1/completions", json={"prompt": "Hi " + POISON})
+        assert bad.status_code == 500
+        ok = httpx.post(
+            srv.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 2}, timeout=30
+        )
+        assert ok.status_code == 200
+        thread = app.state.server.scheduler._thread
+        before = thread_cpu_ticks(thread)
+        time.sleep(1.0)
+        assert thread_cpu_ticks(thread) - before <= 2  # waiting, not spinning
