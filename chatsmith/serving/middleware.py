@@ -195,6 +195,8 @@ def key_matches(request: Request) -> bool:
     the client sent, which are compared with the key's UTF-8 bytes, so a non-ASCII key works
     from clients that send UTF-8 (as they all do)."""
     api_key = request.app.state.server.api_key
+    if api_key is None:
+        return False
     raw = request.headers.get("authorization", "").encode("latin-1")
     scheme, _, key = raw.partition(b" ")
     return scheme.lower() == b"bearer" and hmac.compare_digest(key.strip(), api_key.encode())
