@@ -118,6 +118,12 @@ class Tokenizer:
         return template_for(self)
 
     @property
+    def stop_ids(self) -> tuple[int, ...]:
+        """Tokens that end a chat reply, as the run's chat template names them; the first is
+        the template's own end-of-turn marker."""
+        return self.chat.stop_ids
+
+    @property
     def vocab_size(self) -> int:
         return self.hf.get_vocab_size()
 
@@ -206,9 +212,6 @@ class Tokenizer:
         )
         hf.train_from_iterator(texts, trainer=trainer)
         return cls(hf)
-
-    def summary(self) -> dict:
-        return {"vocab_size": self.vocab_size, "special_tokens": self.special_texts}
 
 
 _BYTE_DECODER = _byte_decoder()

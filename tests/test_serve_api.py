@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import threading
 import time
 
@@ -12,9 +14,10 @@ import pytest
 
 from chatsmith.chat_template import parse, render_prompt
 from chatsmith.inference.loading import load_run
-from chatsmith.serving.app import _ChoiceText, create_app
+from chatsmith.serving.app import create_app
 from chatsmith.serving.config import ServeLimits
 from chatsmith.serving.live import LiveServer
+from chatsmith.serving.server import ChoiceText
 
 KEY = "test-key"
 HELLO = [{"role": "user", "content": "Hi, how are you?"}]
@@ -40,7 +43,9 @@ def client(live):
 
 
 def post(live, path: str, body, key: str | None = KEY, **kw) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
     if isinstance(body, (dict, list)):
         body = json.dumps(body)
     return httpx.post(live.url + path, content=body, headers=headers, timeout=30, **kw)
@@ -80,9 +85,22 @@ def test_models_and_health(client, live, loaded):
     models = client.models.list()
     assert [m.id for m in models.data] == [loaded.name]
     assert client.models.retrieve(loaded.name).id == loaded.name
-    health = httpx.get(live.url + "/health").json()
+    health = httpx.get(live.url + "/health", headers={"Authorization": f"Bearer {KEY}"}).json()
     assert health["status"] == "ok" and health["slots"] == 4
+    # without the key: liveness only, no model name nor traffic figures
+    assert httpx.get(live.url + "/health").json() == {"status": "ok"}
     assert "/v1/chat/completions" in httpx.get(live.url + "/openapi.json").json()["paths"]
+
+
+def test_models_created_is_when_the_run_was_made(tiny_run, tmp_path):
+    run = tmp_path / "old-run"
+    shutil.copytree(tiny_run, run)
+    made = 1_600_000_000  # September 2020: long before any request
+    os.utime(run / "run.json", (made, made))
+    with LiveServer(create_app(load_run(run, "cpu"))) as srv:
+        listed = httpx.get(srv.url + "/v1/models").json()["data"]
+        one = httpx.get(srv.url + "/v1/models/old-run").json()
+    assert [m["created"] for m in listed] == [made] and one["created"] == made
 
 
 def test_chat_completion(client, loaded):
@@ -167,9 +185,7 @@ def test_choice_text_holds_back_partial_stop():
         def token_bytes(self, t):
             return chr(t).encode()
 
-    from chatsmith.inference.streaming import TextStream
-
-    st = _ChoiceText(TextStream(Tok()), ["END"])
+    st = ChoiceText(Tok(), ["END"])
     out = [st.push(ord(c)) for c in "abEN"]
     assert "".join(out) == "ab"  # "EN" might start "END"
     assert st.push(ord("x")) == "ENx"
@@ -307,7 +323,7 @@ def test_body_too_large_is_413(live):
         live.url + "/v1/completions",
         content=chunks,
         timeout=30,
-        headers={"Authorization": f"Bearer {KEY}"},
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
     )
     assert error_of(resp, 413)["code"] == "body_too_large"
 
@@ -463,7 +479,8 @@ def test_serve_command_serves(tiny_run):
         c = openai.OpenAI(base_url=url + "/v1", api_key="k2", max_retries=0)
         r = c.chat.completions.create(model="m", messages=HELLO, max_tokens=3)
         assert r.usage.total_tokens > 0
-        assert httpx.get(url + "/health").json()["slots"] == 2
+        health = httpx.get(url + "/health", headers={"Authorization": "Bearer k2"})
+        assert health.json()["slots"] == 2
     finally:
         proc.terminate()
         proc.wait(timeout=30)
