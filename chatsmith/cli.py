@@ -27,6 +27,9 @@ StepsOpt = typer.Option(None, "--max-steps", help="Budget in optimizer steps.")
 DeviceOpt = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
 SeedOpt = typer.Option(None, "--seed", help="Random seed (default 1337).")
 JsonOpt = typer.Option(False, "--json", help="Print the figures as one JSON object.")
+DataChangeOpt = typer.Option(
+    False, "--allow-data-change", help="With --resume: go on (with a warning) if the data changed."
+)
 
 
 def say(msg: str) -> None:
@@ -140,6 +143,7 @@ def pretrain(
     device: str = DeviceOpt,
     seed: Optional[int] = SeedOpt,
     as_json: bool = JsonOpt,
+    allow_data_change: bool = DataChangeOpt,
 ) -> None:
     """Train a BPE tokenizer and a GPT from scratch on raw text."""
     from chatsmith.training.pretrain import PRETRAIN_DEFAULTS
@@ -148,6 +152,7 @@ def pretrain(
     flags, flag_info = run_flags(
         "pretrain", out, resume, max_minutes, max_steps, device, seed, {"max_minutes": 5.0}
     )
+    flags.allow_data_change = allow_data_change
     given = dict(
         data=data,
         val_data=val_data,
@@ -369,6 +374,7 @@ def sft(
     device: str = DeviceOpt,
     seed: Optional[int] = SeedOpt,
     as_json: bool = JsonOpt,
+    allow_data_change: bool = DataChangeOpt,
 ) -> None:
     """Fine-tune a pretrained model on conversations so that it answers as a chat assistant."""
     from chatsmith.training.sft import SFT_DEFAULTS
@@ -380,6 +386,7 @@ def sft(
     flags, flag_info = run_flags(
         "sft", out, resume, max_minutes, max_steps, device, seed, {"max_minutes": 3.0}
     )
+    flags.allow_data_change = allow_data_change
     given = dict(
         base_run=start,
         data=data,

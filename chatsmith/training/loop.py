@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from chatsmith.checkpoint import (
     RUN_FILE,
+    check_data_unchanged,
     load_checkpoint,
     load_model_weights,
     save_checkpoint,
@@ -66,6 +67,7 @@ class RunFlags:
     max_steps: int | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 1337
+    allow_data_change: bool = False  # resume even if the data's fingerprint differs
 
 
 @dataclass
@@ -144,6 +146,8 @@ def train(
     )
     step, elapsed, tokens_seen = 0, 0.0, 0
     if flags.resume:
+        warn = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+        check_data_unchanged(run_dir, run_info.get("data"), flags.allow_data_change, warn)
         ckpt = load_checkpoint(run_dir)
         load_model_weights(model, ckpt)
         for opt, sd in zip(optimizers, ckpt.state["optimizers"]):

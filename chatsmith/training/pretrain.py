@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from chatsmith.checkpoint import data_fingerprint
 from chatsmith.data import chitchat
 from chatsmith.data.sources import iter_documents
 from chatsmith.data.tokens import TokenWindows, tokenize_documents
@@ -183,5 +184,10 @@ def pretrain(
     )
     say(f"data: {len(train_tokens):,} training tokens, {len(val_tokens):,} held-out tokens")
     say(format_card(model_card(cfg, model)))
-    info = {"stage": "pretrain", "args": args, "flags": flag_info or {}}
+    info = {
+        "stage": "pretrain",
+        "args": args,
+        "flags": flag_info or {},
+        "data": data_fingerprint(train=train_tokens, val=val_tokens),
+    }
     return train(model, cfg, objective, settings, flags, info, quiet=quiet, on_step=on_step)

@@ -19,6 +19,7 @@ from torch import nn
 
 from chatsmith.chat_template import render, validate_messages
 from chatsmith.checkpoint import (
+    data_fingerprint,
     load_checkpoint,
     load_model_weights,
     load_run_tokenizer,
@@ -303,5 +304,9 @@ def sft(
         "flags": flag_info or {},
         "base_run": str(base_run),
         "base_step": base_step,
+        "data": data_fingerprint(
+            train=[seq for ex in train_examples for seq in ex],
+            val=[seq for ex in val_examples for seq in ex],
+        ),
     }
     return train(model, cfg, objective, settings, flags, info, quiet=quiet, on_step=on_step)
