@@ -206,3 +206,40 @@ def test_config_types_and_bounds_are_checked_when_building_too():
         CFG.with_(max_seq_len=200_000)
     with pytest.raises(ChatsmithError, match="'d_model' must be an integer"):
         ModelConfig.from_dict({"d_model": "64"})
+
+
+def test_resume_after_a_crash_tore_the_last_metrics_line(tiny_run, corpus, tmp_path):
+    from conftest import tiny_args, tiny_flags
+
+    from chatsmith.training.metrics import read_metrics
+    from chatsmith.training.pretrain import pretrain
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    metrics = run / "metrics.jsonl"
+    step = load_checkpoint(run).step
+    metrics.write_text(metrics.read_text() + '{"step": 41, "loss": 2.')  # cut mid-write
+    pretrain(tiny_args(corpus), tiny_flags(run, step + 2, resume=True), quiet=True, say=print)
+    steps = [r["step"] for r in read_metrics(metrics) if "loss" in r]
+    assert steps[-1] == step + 2 and steps == sorted(set(steps))
+    # damage anywhere but the last line is not a crash artefact: it is refused
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([lines[0], "{oops", *lines[1:]]) + "\n")
+    with pytest.raises(ChatsmithError, match="metrics.jsonl:2 is not a JSON record"):
+        read_metrics(metrics)
+
+
+def test_resume_refuses_changed_data_unless_allowed(tiny_run, corpus, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    step = load_checkpoint(run).step
+    changed = tmp_path / "changed.txt"
+    changed.write_text(corpus["train"].read_text().replace("you", "thou"))
+    resume = ["pretrain", "--resume", str(run), "--data", str(changed), "--device", "cpu"]
+    resume += ["--max-steps", str(step + 1), "--eval-every", "1000"]
+    assert_clean_error(run_cli(*resume), "the data differs", "--allow-data-change")
+    assert load_checkpoint(run).step == step  # nothing was trained
+    proc = run_cli(*resume, "--allow-data-change")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: the data differs" in proc.stderr
+    assert load_checkpoint(run).step == step + 1

@@ -157,7 +157,7 @@ def pretrain(
     else:
         out.mkdir(parents=True, exist_ok=True)
         say(f"training a {args['vocab_size']}-token BPE tokenizer on {len(train_docs):,} documents")
-        tok = Tokenizer.train(train_docs, args["vocab_size"])
+        tok = Tokenizer.train(train_docs, args["vocab_size"], progress=not quiet, notify=say)
         tok.save(out)
     cfg = model_config(args, tok.vocab_size)
     train_tokens = tokenize_documents(tok, train_docs)
