@@ -245,3 +245,21 @@ def test_resume_refuses_changed_data_unless_allowed(tiny_run, corpus, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "warning: the data differs" in proc.stderr
     assert load_checkpoint(run).step == step + 1
+
+
+def test_resume_with_another_optimizer_is_one_clear_error(tiny_run, corpus, tmp_path):
+    from conftest import tiny_args, tiny_flags
+
+    from chatsmith.training.pretrain import pretrain
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert json.loads((run / "run.json").read_text())["args"]["optimizer"] == "muon"
+    step = load_checkpoint(run).step
+    with pytest.raises(ChatsmithError, match="resume with the optimizer the run started with"):
+        pretrain(
+            tiny_args(corpus, optimizer="adamw"),
+            tiny_flags(run, step + 2, resume=True),
+            quiet=True,
+            say=lambda *_: None,
+        )

@@ -33,6 +33,7 @@ from chatsmith.models import ModelConfig
 from chatsmith.runtime import autocast, configure_cuda, rng_state, set_rng_state
 from chatsmith.training.metrics import MetricsLog, OverfitWatch, plot_curves
 from chatsmith.training.optim import build_optimizers, lr_factor, set_lr
+from chatsmith.validation import Field, check_record
 
 
 class Objective(Protocol):
@@ -55,6 +56,16 @@ class Objective(Protocol):
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
+
+
+# what `checkpoint()` below saves besides the model, checked when a run resumes
+TRAIN_STATE = {
+    "optimizers": Field(list),
+    "objective": Field(dict),
+    "rng": Field(dict),
+    "elapsed": Field(float, lo=0),
+    "tokens": Field(int, lo=0),
+}
 
 
 @dataclass
@@ -149,6 +160,13 @@ def train(
         warn = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
         check_data_unchanged(run_dir, run_info.get("data"), flags.allow_data_change, warn)
         ckpt = load_checkpoint(run_dir)
+        check_record(ckpt.state, TRAIN_STATE, f"checkpoint {ckpt.path} training state")
+        if len(ckpt.state["optimizers"]) != len(optimizers):
+            raise ChatsmithError(
+                f"checkpoint {ckpt.path} holds {len(ckpt.state['optimizers'])} optimizer "
+                f"states but --optimizer {settings.optimizer} uses {len(optimizers)}: resume "
+                "with the optimizer the run started with"
+            )
         load_model_weights(model, ckpt)
         for opt, sd in zip(optimizers, ckpt.state["optimizers"]):
             opt.load_state_dict(sd)
