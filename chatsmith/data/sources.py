@@ -42,7 +42,15 @@ def utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
     except OSError as e:
         raise ChatsmithError(f"cannot read {path}: {e.strerror}") from None
     with f:
-        for n, raw in enumerate(f, start=1):
+        n = 0
+        while True:
+            try:
+                raw = f.readline()
+            except OSError as e:  # e.g. a device or special file that cannot be read
+                raise ChatsmithError(f"cannot read {path}: {e.strerror}") from None
+            if not raw:
+                return
+            n += 1
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
