@@ -203,7 +203,7 @@ def test_runs_saved_without_a_tokenizer_fingerprint_still_load(tiny_run, tmp_pat
 
 def test_config_types_and_bounds_are_checked_when_building_too():
     with pytest.raises(ChatsmithError, match="'max_seq_len' must be between"):
-        CFG.with_(max_seq_len=200_000)
+        ModelConfig(max_seq_len=200_000)
     with pytest.raises(ChatsmithError, match="'d_model' must be an integer"):
         ModelConfig.from_dict({"d_model": "64"})
 
