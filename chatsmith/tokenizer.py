@@ -94,6 +94,12 @@ class Tokenizer:
         self.special_ids = frozenset(hf.token_to_id(t) for t in SPECIAL_TOKENS)
 
     @property
+    def stop_ids(self) -> tuple[int, int]:
+        """Tokens that end a chat reply: `<|end|>`, or `<|bos|>` (a model that skips the end
+        marker and starts a new document has finished its reply too)."""
+        return (self.end_id, self.bos_id)
+
+    @property
     def vocab_size(self) -> int:
         return self.hf.get_vocab_size()
 
@@ -172,9 +178,6 @@ class Tokenizer:
                 f"whitespace were cut into {MAX_TRAIN_RUN}-character pieces for tokenizer training"
             )
         return cls(hf)
-
-    def summary(self) -> dict:
-        return {"vocab_size": self.vocab_size, "special_tokens": SPECIAL_TOKENS}
 
 
 _BYTE_DECODER = _byte_decoder()

@@ -22,6 +22,7 @@ from chatsmith.checkpoint import (
 )
 from chatsmith.errors import ChatsmithError
 from chatsmith.models import ModelConfig, build_model
+from chatsmith.reporting import Reporter
 
 CFG = ModelConfig(vocab_size=300, n_layer=1, n_head=2, n_kv_head=2, d_model=32, max_seq_len=16)
 
@@ -219,7 +220,7 @@ def test_resume_after_a_crash_tore_the_last_metrics_line(tiny_run, corpus, tmp_p
     metrics = run / "metrics.jsonl"
     step = load_checkpoint(run).step
     metrics.write_text(metrics.read_text() + '{"step": 41, "loss": 2.')  # cut mid-write
-    pretrain(tiny_args(corpus), tiny_flags(run, step + 2, resume=True), quiet=True, say=print)
+    pretrain(tiny_args(corpus), tiny_flags(run, step + 2, resume=True), Reporter(quiet=True))
     records = read_metrics(metrics)
     assert records[-1]["step"] == step + 2 and "val_loss" in records[-1]  # the final evaluation
     steps = [r["step"] for r in records if "loss" in r]
@@ -260,6 +261,5 @@ def test_resume_with_another_optimizer_is_one_clear_error(tiny_run, corpus, tmp_
         pretrain(
             tiny_args(corpus, optimizer="adamw"),
             tiny_flags(run, step + 2, resume=True),
-            quiet=True,
-            say=lambda *_: None,
+            Reporter(quiet=True),
         )

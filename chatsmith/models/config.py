@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 
 from chatsmith.errors import ChatsmithError
 from chatsmith.validation import Field, check_record
@@ -67,12 +66,6 @@ class ModelConfig:
         if unknown:
             raise ChatsmithError(f"unknown model config fields {sorted(unknown)}")
         return cls(**d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    def with_(self, **changes) -> ModelConfig:
-        return replace(self, **changes)
 
 
 # Upper bounds keep a damaged or hand-edited config from allocating the machine away (the
