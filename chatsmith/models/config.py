@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from chatsmith.errors import ChatsmithError
+from chatsmith.validation import Field, check_record
 
 ARCHITECTURES = ("decoder", "encoder", "encoder_decoder")
 ROPE_SCALINGS = ("llama3", "linear")
@@ -33,12 +34,14 @@ class ModelConfig:
     rope_scaling: dict | None = None
 
     def __post_init__(self) -> None:
+        check_record(asdict(self), _FIELDS, "model config")
         if self.d_ff == 0:
             # SwiGLU has three matrices, so 8/3 x width matches a 4x two-matrix MLP; round to 32.
             object.__setattr__(self, "d_ff", ((8 * self.d_model // 3) + 31) // 32 * 32)
         self.validate()
 
     def validate(self) -> None:
+        check_record(self.to_dict(), _FIELDS, "model config")
         if self.arch not in ARCHITECTURES:
             raise ChatsmithError(f"unknown architecture {self.arch!r}; choose from {ARCHITECTURES}")
         for name in ("vocab_size", "n_layer", "n_head", "n_kv_head", "d_model", "max_seq_len"):
@@ -73,11 +76,32 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
+        check_record(d, {}, "model config")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ChatsmithError(f"unknown model config fields {sorted(unknown)}")
         return cls(**d)
+
+
+# Upper bounds keep a damaged or hand-edited config from allocating the machine away (the
+# rotary table and KV cache grow with max_seq_len); they sit far above every preset.
+_LIMITS = {
+    "vocab_size": 1 << 20,
+    "n_layer": 1024,
+    "n_head": 1024,
+    "n_kv_head": 1024,
+    "d_model": 1 << 16,
+    "d_ff": 1 << 18,
+    "max_seq_len": 1 << 17,
+    "n_decoder_layer": 1024,
+}
+# each field's kind is that of its default (int, float, bool or str)
+_FIELDS = {
+    f.name: Field(type(f.default), lo=0 if f.name in _LIMITS else None, hi=_LIMITS.get(f.name))
+    for f in fields(ModelConfig)
+}
+_FIELDS["rope_theta"] = Field(float, lo=1.0)
 
 
 # width = 64 x depth and 64-wide heads, the nanochat-style single dial; presets name common points.

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from chatsmith.checkpoint import data_fingerprint
 from chatsmith.data import chitchat
 from chatsmith.data.sources import iter_documents
 from chatsmith.data.splits import split_tail
@@ -136,7 +137,12 @@ def pretrain(
         reporter.say(
             f"training a {config.vocab_size}-token BPE tokenizer on {len(train_docs):,} documents"
         )
-        tok = Tokenizer.train(train_docs, config.vocab_size)
+        tok = Tokenizer.train(
+            train_docs,
+            config.vocab_size,
+            progress=reporter.shows_tool_progress(),
+            notify=reporter.say,
+        )
         tok.save(out)
     cfg = model_config(config, tok.vocab_size)
     train_tokens = tokenize_documents(tok, train_docs)
@@ -154,5 +160,10 @@ def pretrain(
         f"data: {len(train_tokens):,} training tokens, {len(val_tokens):,} held-out tokens"
     )
     reporter.say(format_card(model_card(cfg, model)))
-    info = {"stage": "pretrain", "args": asdict(config), "flags": run.budget()}
+    info = {
+        "stage": "pretrain",
+        "args": asdict(config),
+        "flags": run.budget(),
+        "data": data_fingerprint(train=train_tokens, val=val_tokens),
+    }
     return train(model, cfg, objective, config, run, info, reporter)
