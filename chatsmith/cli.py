@@ -113,6 +113,14 @@ def pretrain(
     val_data: Optional[str] = typer.Option(
         None, help="Held-out data (default: the built-in split, or the last 5% of --data)."
     ),
+    include: Optional[str] = typer.Option(
+        None,
+        help='Source-file patterns, e.g. "*.py,*.rs": --data is then a folder of code, one '
+        "document per file (builtin:python-stdlib needs none).",
+    ),
+    fim: Optional[float] = typer.Option(
+        None, help="Share of documents (0-1) turned into fill-in-the-middle examples (default 0)."
+    ),
     vocab_size: Optional[int] = typer.Option(None, help="BPE vocabulary size (default 2048)."),
     preset: Optional[str] = typer.Option(
         None, help="Size: tiny, narrow (default), mini, small, base, gpt2-small, gpt2-medium."
@@ -151,6 +159,8 @@ def pretrain(
     given = dict(
         data=data,
         val_data=val_data,
+        include=include,
+        fim=fim,
         vocab_size=vocab_size,
         preset=preset,
         depth=depth,

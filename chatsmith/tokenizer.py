@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
 
+from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, pre_tokenizers, trainers
 from tokenizers.pre_tokenizers import ByteLevel
 
 from chatsmith.errors import ChatsmithError
@@ -24,9 +24,23 @@ USER = "<|user|>"
 ASSISTANT = "<|assistant|>"
 END = "<|end|>"  # closes one chat message
 MASK = "<|mask|>"  # for masked-LM (encoder) training
-SPECIAL_TOKENS = [BOS, PAD, SYSTEM, USER, ASSISTANT, END, MASK]
+FIM_PREFIX = "<|fim_prefix|>"  # fill-in-the-middle markers (see chatsmith.data.fim)
+FIM_SUFFIX = "<|fim_suffix|>"
+FIM_MIDDLE = "<|fim_middle|>"
+FIM_TOKENS = [FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE]
+SPECIAL_TOKENS = [BOS, PAD, SYSTEM, USER, ASSISTANT, END, MASK, *FIM_TOKENS]
+REQUIRED_TOKENS = SPECIAL_TOKENS[:7]  # tokenizers saved before the FIM markers lack them
 TOKENIZER_FILE = "tokenizer.json"
 MIN_VOCAB = 256 + len(SPECIAL_TOKENS)
+# How text is cut into pieces before BPE merges (GPT-2's rule, with two changes for code): a
+# line break and the indentation after it form one piece, so each indentation depth can become
+# one token; and identifiers keep their underscores and digits (`__init__`, `utf_8`). Runs of
+# spaces inside a line stay together as in GPT-2. Measured on held-out standard-library code at
+# 2048 tokens: 3.036 -> 3.067 bytes per token; prose is unchanged (3.276 on chitchat).
+PRE_TOKENIZE = (
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?[\p{L}_][\p{L}\p{N}_]*| ?\p{N}+| ?[^\s\p{L}\p{N}_]+"
+    r"|\n+[ \t]*(?=\S)|\s+(?!\S)|\s+"
+)
 
 
 def _byte_decoder() -> dict[str, int]:
@@ -52,7 +66,7 @@ class Tokenizer:
     """Thin wrapper that fixes how chatsmith encodes, decodes and counts bytes."""
 
     def __init__(self, hf: HFTokenizer):
-        missing = [t for t in SPECIAL_TOKENS if hf.token_to_id(t) is None]
+        missing = [t for t in REQUIRED_TOKENS if hf.token_to_id(t) is None]
         if missing:
             raise ChatsmithError(f"tokenizer lacks the special tokens {missing}")
         hf.encode_special_tokens = True  # user text never turns into markers
@@ -64,7 +78,17 @@ class Tokenizer:
         self.assistant_id = hf.token_to_id(ASSISTANT)
         self.end_id = hf.token_to_id(END)
         self.mask_id = hf.token_to_id(MASK)
-        self.special_ids = frozenset(hf.token_to_id(t) for t in SPECIAL_TOKENS)
+        # None in a tokenizer saved before the FIM markers existed
+        self.fim_prefix_id, self.fim_suffix_id, self.fim_middle_id = (
+            hf.token_to_id(t) for t in FIM_TOKENS
+        )
+        self.special_ids = frozenset(
+            i for i in (hf.token_to_id(t) for t in SPECIAL_TOKENS) if i is not None
+        )
+
+    @property
+    def has_fim(self) -> bool:
+        return self.fim_prefix_id is not None
 
     @property
     def vocab_size(self) -> int:
@@ -120,7 +144,12 @@ class Tokenizer:
         if vocab_size < MIN_VOCAB:
             raise ChatsmithError(f"vocab size must be at least {MIN_VOCAB}, got {vocab_size}")
         hf = HFTokenizer(models.BPE())
-        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        hf.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(PRE_TOKENIZE), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
         hf.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,

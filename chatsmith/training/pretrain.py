@@ -9,6 +9,8 @@ import torch
 from torch import nn
 
 from chatsmith.data import chitchat
+from chatsmith.data.code import code_files, is_code_source
+from chatsmith.data.fim import check_rate, fim_token_stream
 from chatsmith.data.sources import iter_documents
 from chatsmith.data.tokens import TokenWindows, tokenize_documents
 from chatsmith.errors import ChatsmithError
@@ -46,6 +48,8 @@ PRETRAIN_DEFAULTS: dict = {
     "eval_every": 200,
     "save_every": 500,
     "compile": None,
+    "fim": 0.0,  # share of documents (context-sized pieces) turned into fill-in-the-middle
+    "include": None,  # file patterns: --data is then a folder of source code, a file a document
 }
 
 
@@ -111,9 +115,18 @@ def _take(docs: Iterable[str], max_bytes: float) -> list[str]:
 
 
 def load_corpus(
-    data: str, val_data: str | None, max_text_mb: float
+    data: str, val_data: str | None, max_text_mb: float, include: str | None = None, say=print
 ) -> tuple[list[str], list[str] | None]:
     """Training and held-out documents; held-out is None when it is to be cut from the tokens."""
+    if is_code_source(data, include):
+        train_docs = _take(
+            (f.text for f in code_files(data, include, "train", say)), max_text_mb * 1e6
+        )
+        if val_data:
+            val = code_files(val_data, include, "train", say)
+        else:
+            val = code_files(data, include, "val", say)
+        return train_docs, [f.text for f in val] or None
     if data == BUILTIN:
         if val_data is None:
             return chitchat.documents("train"), chitchat.documents("val")
@@ -150,7 +163,11 @@ def pretrain(
     `on_step` is passed to the training loop (for a caller's own progress display)."""
     seed_everything(flags.seed)
     out = Path(flags.out)
-    train_docs, val_docs = load_corpus(args["data"], args.get("val_data"), args["max_text_mb"])
+    fim = check_rate(args.get("fim") or 0.0)
+    include = args.get("include")
+    train_docs, val_docs = load_corpus(
+        args["data"], args.get("val_data"), args["max_text_mb"], include, say
+    )
     if flags.resume:
         tok = Tokenizer.load(out)
     else:
@@ -159,7 +176,11 @@ def pretrain(
         tok = Tokenizer.train(train_docs, args["vocab_size"])
         tok.save(out)
     cfg = model_config(args, tok.vocab_size)
-    train_tokens = tokenize_documents(tok, train_docs)
+    if fim > 0:
+        say(f"fill-in-the-middle: {fim:.0%} of context-sized pieces (PSM and SPM, half each)")
+        train_tokens = fim_token_stream(tok, train_docs, fim, cfg.max_seq_len, flags.seed)
+    else:
+        train_tokens = tokenize_documents(tok, train_docs)
     if val_docs is None:
         cut = int(len(train_tokens) * (1 - HELD_OUT_FRACTION))
         train_tokens, val_tokens = train_tokens[:cut], train_tokens[cut:]
@@ -184,4 +205,6 @@ def pretrain(
     say(f"data: {len(train_tokens):,} training tokens, {len(val_tokens):,} held-out tokens")
     say(format_card(model_card(cfg, model)))
     info = {"stage": "pretrain", "args": args, "flags": flag_info or {}}
+    if is_code_source(args["data"], include):
+        info["kind"] = "code"  # completes code (`chatsmith complete`); not a chat model
     return train(model, cfg, objective, settings, flags, info, quiet=quiet, on_step=on_step)

@@ -1,0 +1,80 @@
+"""Code completion at a cursor: text before it (prefix) and, optionally, text after it (suffix).
+
+With a suffix the prompt is a fill-in-the-middle prompt (see `chatsmith.data.fim`) and the
+model writes the middle, stopping at `<|end|>`; without one it simply continues the prefix.
+The CLI (`chatsmith complete`), the server (`suffix` in /v1/completions) and `eval --code` all
+build their prompts here and generate through the shared engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from chatsmith.data.fim import infill_prompt
+from chatsmith.errors import ChatsmithError
+from chatsmith.inference.engine import Engine, SamplingParams
+from chatsmith.inference.streaming import TextStream
+from chatsmith.tokenizer import Tokenizer
+
+
+def completion_prompt(
+    tok: Tokenizer, prefix: str | None, suffix: str | None, budget: int
+) -> list[int]:
+    """Prompt ids of at most `budget` tokens; text far from the cursor is dropped first."""
+    if prefix is None:
+        if suffix is not None:
+            raise ChatsmithError("a suffix needs a prefix: give the text before the cursor too")
+        raise ChatsmithError("give the text before the cursor (a prefix)")
+    if suffix:
+        return infill_prompt(tok, prefix, suffix, budget)
+    if budget < 2:
+        raise ChatsmithError("the context is too small for a prompt")
+    ids = tok.encode(prefix)
+    return [tok.bos_id, *ids[max(0, len(ids) - (budget - 1)) :]]
+
+
+def prompt_budget(context: int, max_tokens: int) -> int:
+    """Prompt room that leaves the reply at least `max_tokens` or half the context."""
+    return context - min(max_tokens, context // 2)
+
+
+def stream_completion(
+    engine: Engine,
+    tok: Tokenizer,
+    prefix: str | None,
+    suffix: str | None,
+    params: SamplingParams,
+) -> Iterator[str]:
+    """Text pieces of the completion (the middle, when there is a suffix) as they decode."""
+    ids = completion_prompt(tok, prefix, suffix, prompt_budget(engine.context, params.max_tokens))
+    stream = TextStream(tok)
+    for token in engine.generate(ids, params):
+        piece = stream.push(token)
+        if piece:
+            yield piece
+    tail = stream.flush()
+    if tail:
+        yield tail
+
+
+def cursor_in_file(path: str | Path, line: int, column: int = 1) -> tuple[str, str]:
+    """(prefix, suffix) of a source file split at a cursor (1-based line and column)."""
+    p = Path(path)
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise ChatsmithError(f"cannot read {p}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ChatsmithError(f"{p} is not UTF-8 text; complete only source files") from None
+    lines = text.splitlines(keepends=True)
+    if not 1 <= line <= len(lines) + 1:
+        raise ChatsmithError(f"--line must be between 1 and {len(lines) + 1} for {p}, got {line}")
+    row = lines[line - 1] if line <= len(lines) else ""
+    if not 1 <= column <= len(row.rstrip("\r\n")) + 1:
+        raise ChatsmithError(
+            f"--column must be between 1 and {len(row.rstrip(chr(10) + chr(13))) + 1} "
+            f"on line {line}, got {column}"
+        )
+    at = sum(len(x) for x in lines[: line - 1]) + column - 1
+    return text[:at], text[at:]
