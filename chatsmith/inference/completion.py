@@ -78,3 +78,46 @@ def cursor_in_file(path: str | Path, line: int, column: int = 1) -> tuple[str, s
         )
     at = sum(len(x) for x in lines[: line - 1]) + column - 1
     return text[:at], text[at:]
+
+
+def read_escapes(text: str | None) -> str | None:
+    """Command-line text: \\n and \\t read as a newline and a tab, \\\\ as a backslash."""
+    if text is None:
+        return None
+    table = {"n": "\n", "t": "\t", "\\": "\\"}
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in table:
+            out.append(table[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def cursor_text(
+    prefix: str | None,
+    suffix: str | None,
+    file: str | Path | None,
+    line: int | None,
+    column: int = 1,
+) -> tuple[str, str | None]:
+    """(prefix, suffix) from `complete`'s options: --prefix/--suffix (escapes read), or a
+    cursor in --file at --line/--column. Checked before any model is loaded."""
+    if file is not None:
+        if prefix is not None or suffix is not None:
+            raise ChatsmithError("give either --file (with --line) or --prefix/--suffix, not both")
+        if line is None:
+            raise ChatsmithError("--file needs --line: the cursor's line number")
+        return cursor_in_file(file, line, column)
+    if line is not None:
+        raise ChatsmithError("--line goes with --file")
+    prefix, suffix = read_escapes(prefix), read_escapes(suffix)
+    if prefix is None:
+        raise ChatsmithError(
+            "a suffix needs a prefix: give --prefix (the code before the cursor) too"
+            if suffix is not None
+            else "give --prefix TEXT or --file FILE --line N"
+        )
+    return prefix, suffix
