@@ -13,6 +13,7 @@ from pathlib import Path
 from chatsmith.chat_template import render_prompt, validate_messages
 from chatsmith.checkpoint import RUN_FILE
 from chatsmith.errors import ChatsmithError
+from chatsmith.inference.completion import completion_prompt
 from chatsmith.inference.engine import Engine, SamplingParams
 from chatsmith.inference.loading import LoadedRun
 from chatsmith.inference.streaming import StopFilter, TextStream
@@ -59,7 +60,7 @@ class Server:
     def __init__(self, loaded: LoadedRun, limits: ServeLimits, api_key: str | None):
         limits.validate()
         self.limits, self.api_key = limits, api_key
-        self.tok = loaded.tokenizer
+        self.loaded, self.tok = loaded, loaded.tokenizer
         self.model_id = loaded.name
         self.created = run_created(loaded.path)
         self.context = loaded.cfg.max_seq_len
@@ -93,6 +94,10 @@ class Server:
     # ---- request -> prompt and sampling -----------------------------------------------------
 
     def chat_prompt(self, body: ChatCompletionRequest) -> list[int]:
+        try:
+            self.loaded.check_chat()
+        except ChatsmithError as e:
+            raise APIError(400, str(e), param="messages", code="model_cannot_chat") from None
         messages = [
             {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
             for m in body.messages
@@ -106,8 +111,13 @@ class Server:
         return ids
 
     def text_prompts(self, body: CompletionRequest) -> list[list[int]]:
+        """One prompt per text; with `suffix`, fill-in-the-middle prompts (not cut to fit: a
+        prompt too long for the context is refused, as without a suffix)."""
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        prompts = [[self.tok.bos_id, *self.tok.encode(t)] for t in texts]
+        try:
+            prompts = [completion_prompt(self.tok, t, body.suffix, 2**62) for t in texts]
+        except ChatsmithError as e:
+            raise APIError(400, str(e), param="suffix") from None
         for i, ids in enumerate(prompts):
             self._check_length(ids, "prompt" if len(prompts) == 1 else f"prompt[{i}]")
         return prompts
