@@ -49,6 +49,7 @@ def code_run(code_dir, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_complete_streams_the_middle_through_the_engine(code_run, tmp_path):
     prefix, suffix = "def add(a, b):\n", "\n\nprint(add(1, 2))\n"
     proc = run_cli(
@@ -74,6 +75,7 @@ def test_complete_streams_the_middle_through_the_engine(code_run, tmp_path):
     assert at_line.stdout == expected + "\n"  # line 2 starts right after the prefix
 
 
+@pytest.mark.slow
 def test_eval_code_json(code_run):
     proc = run_cli("eval", str(code_run), "--code", "--samples", "5", "--json", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
@@ -84,6 +86,7 @@ def test_eval_code_json(code_run):
         assert figures[k] in {i / 5 for i in range(6)}
 
 
+@pytest.mark.slow
 def test_code_model_refuses_to_chat(code_run):
     proc = run_cli("chat", str(code_run), "--prompt", "hello", "--device", "cpu")
     assert_clean_error(proc, "code model", "chatsmith complete")
