@@ -212,3 +212,6 @@ def test_folder_source_include_binary_and_empty(tmp_path):
         folder_files(tmp_path, "*.go")
     with pytest.raises(ChatsmithError, match="binary"):
         folder_files(tmp_path / "blob.py", "*.py")
+    assert len(code_files(str(tmp_path), "*.py,*.rs", "all")) == 2
+    with pytest.raises(ChatsmithError, match="not one"):
+        code_files("builtin:chitchat", "*.py", "train")

@@ -19,7 +19,7 @@ from chatsmith.errors import ChatsmithError
 
 PYTHON_STDLIB = "builtin:python-stdlib"
 HELD_OUT_EVERY = 20  # one file in 20 (by path hash) is held out
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "all")
 # Folders of the standard library that are tests or third-party code shipped alongside it
 SKIP_DIRS = frozenset(
     {"site-packages", "dist-packages", "test", "tests", "idle_test", "_vendor", "_bundled"}
@@ -138,6 +138,8 @@ def stdlib_files() -> list[CodeFile]:
 def split_files(files: list[CodeFile], split: str) -> list[CodeFile]:
     if split not in SPLITS:
         raise ChatsmithError(f"unknown split {split!r} (use {', '.join(SPLITS)})")
+    if split == "all":
+        return files
     return [f for f in files if held_out(f.path) == (split == "val")]
 
 
@@ -147,11 +149,13 @@ def code_files(
     """One split of a code source. A folder whose files all land on one side of the split
     trains on all of them and has an empty held-out split (the caller then holds out the tail
     of the training tokens)."""
+    if data.startswith("builtin:") and data != PYTHON_STDLIB:
+        raise ChatsmithError(f"--include reads a folder of code; {data} is not one (give --data)")
     if data == PYTHON_STDLIB:
         files = stdlib_files()
     else:
         files = folder_files(data, include or "*.py", notify)
     held = [held_out(f.path) for f in files]
-    if all(held) or not any(held):
+    if split != "all" and (all(held) or not any(held)):
         return files if split == "train" else []
     return split_files(files, split)

@@ -51,14 +51,16 @@ class CodeScore:
 
 
 def held_out_code(run: LoadedRun, data: str | None, include: str | None) -> list[CodeFile]:
-    """The held-out files: of `data` if given, else of what the run was trained on."""
+    """The held-out files of what the run was trained on (or of builtin:python-stdlib); or
+    every file of another `data` folder."""
     args = run.info.get("args", {})
     if data is None:
         if is_code_source(args.get("data"), args.get("include")):
             data, include = args["data"], include or args.get("include")
         else:
             data = PYTHON_STDLIB
-    files = code_files(data, include, "val")
+    split = "val" if data in (PYTHON_STDLIB, args.get("data")) else "all"
+    files = code_files(data, include, split)
     if not files:
         raise ChatsmithError(f"{data} has too few files to hold any out; give --data FOLDER")
     return files

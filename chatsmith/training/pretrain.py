@@ -123,7 +123,7 @@ def load_corpus(
             (f.text for f in code_files(data, include, "train", say)), max_text_mb * 1e6
         )
         if val_data:
-            val = code_files(val_data, include, "train", say)
+            val = code_files(val_data, include, "all", say)
         else:
             val = code_files(data, include, "val", say)
         return train_docs, [f.text for f in val] or None
