@@ -16,17 +16,13 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass
 
-import torch
-
 from chatsmith.data.code import PYTHON_STDLIB, CodeFile, code_files, is_code_source
 from chatsmith.data.fim import CHARS_PER_CONTEXT_TOKEN, FimSplit
-from chatsmith.data.tokens import tokenize_documents
 from chatsmith.errors import ChatsmithError
+from chatsmith.evaluation.perplexity import score_documents
 from chatsmith.inference.completion import completion_prompt
 from chatsmith.inference.engine import SamplingParams
 from chatsmith.inference.loading import LoadedRun
-from chatsmith.inference.scoring import score_tokens
-from chatsmith.runtime import autocast
 
 SEED = 1234
 MAX_LINE_CHARS = 100  # longer lines are skipped as spans
@@ -133,16 +129,7 @@ def evaluate_code(
 ) -> CodeScore:
     files = held_out_code(run, data, include)
     tok = run.tokenizer
-    tokens = tokenize_documents(tok, (f.text for f in files), max_tokens)
-    device = next(run.model.parameters()).device
-    score = score_tokens(
-        run.model,
-        tokens,
-        torch.tensor(tok.bytes_per_token, dtype=torch.long),
-        run.cfg.max_seq_len,
-        batch_size,
-        autocast=lambda: autocast(device),
-    )
+    score = score_documents(run, (f.text for f in files), batch_size, max_tokens)
     side = int(SIDE_SHARE * CHARS_PER_CONTEXT_TOKEN * run.cfg.max_seq_len)
     single = sample_spans(files, samples, 1, side, SEED)
     multi = sample_spans(files, samples, MULTI_LINES, side, SEED + 1)
