@@ -84,6 +84,9 @@ def test_eval_code_json(code_run):
     assert figures["bpb"] > 0 and figures["bytes"] > 0
     for k in ("infill_single_line_em", "infill_multi_line_em", "next_line_em"):
         assert figures[k] in {i / 5 for i in range(6)}
+    # an untrained-ish model: each middle costs bits, more than zero and less than raw bytes
+    for k in ("middle_bpb_with_suffix", "middle_bpb_prefix_only"):
+        assert 0 < figures[k] < 16
 
 
 @pytest.mark.slow

@@ -3,7 +3,11 @@
 - bits per byte of the files read left to right;
 - infill exact match: a run of whole lines is cut out of a held-out file (random spans, fixed
   seed) and the model, given the code before and after, must write it back exactly;
-- next-line exact match: given only the code before, the model must write the next line.
+- next-line exact match: given only the code before, the model must write the next line;
+- middle bits per byte: how well the model predicts those removed lines given the code
+  before and after (in the fill-in-the-middle format), and given the code before only.
+  Exact match is all or nothing, and a small model trained for minutes rarely gets a whole
+  line exactly right; this figure shows what the suffix is worth to it well before that.
 
 Spans are cut at the line break before the removed lines, so the middle starts with a line
 break and its indentation ("\\n    return x") and the suffix with the break that ended the last
@@ -16,6 +20,9 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass
 
+import torch
+
+from chatsmith.data.batching import pad_right
 from chatsmith.data.code import PYTHON_STDLIB, CodeFile, code_files, is_code_source
 from chatsmith.data.fim import CHARS_PER_CONTEXT_TOKEN, FimSplit
 from chatsmith.errors import ChatsmithError
@@ -23,6 +30,9 @@ from chatsmith.evaluation.perplexity import score_documents
 from chatsmith.inference.completion import completion_prompt
 from chatsmith.inference.engine import SamplingParams
 from chatsmith.inference.loading import LoadedRun
+from chatsmith.inference.scoring import score_batches
+from chatsmith.models import IGNORE_INDEX
+from chatsmith.runtime import autocast
 
 SEED = 1234
 MAX_LINE_CHARS = 100  # longer lines are skipped as spans
@@ -40,6 +50,8 @@ class CodeScore:
     infill_single_line_em: float | None  # None when the tokenizer has no FIM markers
     infill_multi_line_em: float | None
     next_line_em: float
+    middle_bpb_with_suffix: float | None  # None when the tokenizer has no FIM markers
+    middle_bpb_prefix_only: float
     samples: int
 
     def to_dict(self) -> dict:
@@ -100,6 +112,29 @@ def _generate(run: LoadedRun, prompts: list[list[int]], max_tokens: int) -> list
     return [run.tokenizer.decode(g.tokens) for g in engine.generate_many(prompts, params)]
 
 
+def middle_bpb(run: LoadedRun, spans: list[FimSplit], with_suffix: bool) -> float:
+    """Bits per byte of the middles given the prefix and, in the fill-in-the-middle format,
+    the suffix; or given the prefix only. The same tokens are scored either way (not the
+    `<|end|>` after an infilled middle), so the two figures compare."""
+    tok, ctx = run.tokenizer, run.cfg.max_seq_len
+    xs, ys = [], []
+    for s in spans:
+        target = tok.encode(s.middle)
+        if len(target) > ctx // 2:
+            continue
+        suffix = s.suffix if with_suffix else None
+        prompt = completion_prompt(tok, s.prefix, suffix, ctx + 1 - len(target))
+        xs.append((prompt + target)[:-1])
+        ys.append([IGNORE_INDEX] * (len(prompt) - 1) + target)
+    batches = (
+        (pad_right(xs[i : i + 8], 0), pad_right(ys[i : i + 8], IGNORE_INDEX))
+        for i in range(0, len(xs), 8)
+    )
+    device = next(run.model.parameters()).device
+    bpt = torch.tensor(tok.bytes_per_token, dtype=torch.long)
+    return score_batches(run.model, batches, bpt, autocast=lambda: autocast(device)).bpb
+
+
 def infill_exact_match(run: LoadedRun, spans: list[FimSplit], max_tokens: int) -> float:
     budget = run.cfg.max_seq_len - max_tokens
     prompts = [completion_prompt(run.tokenizer, s.prefix, s.suffix, budget) for s in spans]
@@ -135,10 +170,11 @@ def evaluate_code(
     multi = sample_spans(files, samples, MULTI_LINES, side, SEED + 1)
     if not single or not multi:
         raise ChatsmithError("the held-out files have too few lines to cut spans from")
-    single_em = multi_em = None
+    single_em = multi_em = with_suffix = None
     if tok.has_fim:
         single_em = infill_exact_match(run, single, _room(run, 48))
         multi_em = infill_exact_match(run, multi, _room(run, 128))
+        with_suffix = middle_bpb(run, single + multi, with_suffix=True)
     return CodeScore(
         files=len(files),
         loss=score.loss,
@@ -148,5 +184,7 @@ def evaluate_code(
         infill_single_line_em=single_em,
         infill_multi_line_em=multi_em,
         next_line_em=next_line_exact_match(run, single, _room(run, 48)),
+        middle_bpb_with_suffix=with_suffix,
+        middle_bpb_prefix_only=middle_bpb(run, single + multi, with_suffix=False),
         samples=len(single),
     )
