@@ -30,8 +30,8 @@ def completion_prompt(
         return infill_prompt(tok, prefix, suffix, budget)
     if budget < 2:
         raise ChatsmithError("the context is too small for a prompt")
-    ids = tok.encode(prefix)
-    return [tok.bos_id, *ids[max(0, len(ids) - (budget - 1)) :]]
+    ids, start = tok.encode(prefix), tok.doc_start
+    return [*start, *ids[max(0, len(ids) - (budget - len(start))) :]]
 
 
 def prompt_budget(context: int, max_tokens: int) -> int:
