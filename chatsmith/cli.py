@@ -97,15 +97,25 @@ def generate(
 @app.command("eval")
 def evaluate(
     run: Path = RunArg,
-    data: str = typer.Option(
-        BUILTIN_NAME, help="Text to score (default: the built-in corpus's held-out split)."
+    data: Optional[str] = typer.Option(
+        None,
+        help="Text to score (default: the built-in corpus's held-out split); with --code, source "
+        "code (default: the held-out files of the run's own code data, or builtin:python-stdlib).",
+    ),
+    code: bool = typer.Option(
+        False, "--code", help="Code figures: bpb, infill and next-line exact match."
+    ),
+    include: Optional[str] = typer.Option(
+        None, help='With --code and a folder: file patterns, e.g. "*.py,*.rs".'
     ),
     batch_size: int = typer.Option(8, help="Windows scored at once."),
     max_tokens: Optional[int] = typer.Option(None, help="Score at most this many tokens."),
     task: Optional[str] = typer.Option(
         None, help="Score pass@1/pass@k on a task's held-out problems instead (e.g. arithmetic)."
     ),
-    samples: int = typer.Option(1, help="With --task: replies per problem (k of pass@k)."),
+    samples: int = typer.Option(
+        1, help="With --task: replies per problem (k of pass@k); with --code: spans of each kind."
+    ),
     temperature: Optional[float] = typer.Option(
         None, help="With --task: sampling temperature (default: greedy for 1 sample, else 1.0)."
     ),
@@ -113,9 +123,13 @@ def evaluate(
     device: str = DeviceOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Loss and bits per byte of a model on any text, or pass@k on a task with --task."""
+    """Loss and bits per byte of a model on any text, pass@k on a task with --task, or code
+    figures with --code."""
     from chatsmith.evaluation.perplexity import evaluate_text
 
+    if code:
+        _eval_code(run, data, include, samples, max_tokens, device, as_json)
+        return
     if task is not None:
         from chatsmith.data.tasks import get_task
         from chatsmith.inference.tasks import evaluate_task
@@ -139,7 +153,7 @@ def evaluate(
                 print(f"  {'right' if r >= 1 else 'wrong'}: {prompt!r} -> {reply!r}")
         return
     loaded = _load(run, device)
-    score = evaluate_text(loaded, data, batch_size, max_tokens)
+    score = evaluate_text(loaded, data or BUILTIN_NAME, batch_size, max_tokens)
     if as_json:
         print(json.dumps(score.to_dict()))
     else:
@@ -147,6 +161,55 @@ def evaluate(
             f"loss: {score.loss:.4f} nats/token  bpb: {score.bpb:.4f}  "
             f"tokens: {score.tokens:,}  bytes: {score.bytes:,}"
         )
+
+
+def _eval_code(run, data, include, samples, max_tokens, device, as_json) -> None:
+    from chatsmith.evaluation.code import evaluate_code
+
+    if samples < 1:
+        raise ChatsmithError(f"--samples must be at least 1, got {samples}")
+    result = evaluate_code(_load(run, device), data, include, samples, max_tokens)
+    if as_json:
+        print(json.dumps(result.to_dict()))
+        return
+    for k, v in result.to_dict().items():
+        print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
+
+
+@app.command()
+def complete(
+    run: Path = RunArg,
+    prefix: Optional[str] = typer.Option(
+        None, help="Code before the cursor (\\n and \\t read as newline and tab)."
+    ),
+    suffix: Optional[str] = typer.Option(
+        None, help="Code after the cursor: the model then fills in the middle."
+    ),
+    file: Optional[Path] = typer.Option(None, help="Complete inside this file, at --line."),
+    line: Optional[int] = typer.Option(None, help="With --file: the cursor's line (1-based)."),
+    column: int = typer.Option(1, help="With --file: the cursor's column (1-based)."),
+    max_tokens: int = typer.Option(128, help="Most new tokens to generate."),
+    temperature: float = typer.Option(0.2, help="0 = greedy; higher = more random."),
+    top_k: Optional[int] = typer.Option(50, help="Sample among the k likeliest tokens."),
+    top_p: float = typer.Option(0.95, help="Nucleus sampling mass."),
+    seed: Optional[int] = typer.Option(None, help="Seed for a reproducible sample."),
+    device: str = DeviceOpt,
+) -> None:
+    """Stream code at a cursor: a continuation of --prefix, or the middle between --prefix and
+    --suffix (or between the two halves of --file at --line)."""
+    from chatsmith.inference.completion import cursor_text, stream_completion
+    from chatsmith.inference.engine import SamplingParams
+
+    prefix, suffix = cursor_text(prefix, suffix, file, line, column)
+    params = SamplingParams(
+        max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
+    )
+    params.validate()
+    loaded = _load(run, device)
+    for piece in stream_completion(loaded.engine(), loaded.tokenizer, prefix, suffix, params):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
 
 
 @stage_command(
@@ -246,6 +309,7 @@ def chat(
     from chatsmith.inference.engine import SamplingParams
 
     loaded = _load(run, device)
+    loaded.check_chat()
     params = SamplingParams(
         max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
     )

@@ -19,8 +19,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, pre_tokenizers, trainers
 from tokenizers.pre_tokenizers import ByteLevel
 
 from chatsmith.errors import ChatsmithError
@@ -35,10 +35,25 @@ USER = "<|user|>"
 ASSISTANT = "<|assistant|>"
 END = "<|end|>"  # closes one chat message
 MASK = "<|mask|>"  # for masked-LM (encoder) training
-SPECIAL_TOKENS = [BOS, PAD, SYSTEM, USER, ASSISTANT, END, MASK]
+FIM_PREFIX = "<|fim_prefix|>"  # fill-in-the-middle markers (see chatsmith.data.fim)
+FIM_SUFFIX = "<|fim_suffix|>"
+FIM_MIDDLE = "<|fim_middle|>"
+FIM_TOKENS = [FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE]
+SPECIAL_TOKENS = [BOS, PAD, SYSTEM, USER, ASSISTANT, END, MASK, *FIM_TOKENS]
+REQUIRED_TOKENS = SPECIAL_TOKENS[:7]  # tokenizers saved before the FIM markers lack them
 TOKENIZER_FILE = "tokenizer.json"
 CHAT_FORMAT_FILE = "chat_format.json"  # imported runs only: markers and Jinja chat template
 MIN_VOCAB = 256 + len(SPECIAL_TOKENS)
+# How text is cut into pieces before BPE merges (GPT-2's rule, with two changes for code): a
+# line break and the indentation after it form one piece, so each indentation depth can become
+# one token; and identifiers keep their underscores and digits (`__init__`, `utf_8`). Runs of
+# spaces inside a line stay together as in GPT-2. Measured on held-out standard-library code at
+# 2048 tokens: 3.036 -> 3.065 bytes per token; prose is unchanged (3.275 on chitchat).
+PRE_TOKENIZE = (
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?[\p{L}_][\p{L}\p{N}_]*| ?\p{N}+| ?[^\s\p{L}\p{N}_]+"
+    r"|\n+[ \t]*(?=\S)|\s+(?!\S)|\s+"
+)
+
 # BPE training time grows faster than linearly with the length of a pre-tokenized word, so a
 # long run without whitespace (base64, minified code, a DNA string) stalls training for minutes;
 # for training only, such runs are cut into pieces no longer than this
@@ -88,19 +103,21 @@ def _byte_decoder() -> dict[str, int]:
 class Tokenizer:
     """Thin wrapper that fixes how chatsmith encodes, decodes and counts bytes.
 
-    `chat_format` is None for chatsmith's own tokenizer (which must hold SPECIAL_TOKENS); for a
-    foreign one it is the imported chat format (see chatsmith.interop.hf_tokenizer): its
-    markers, stop ids and Jinja chat template.
+    `chat_format` is None for chatsmith's own tokenizer (which must hold SPECIAL_TOKENS; the
+    FIM markers only if saved after they existed); for a foreign one it is the imported chat
+    format (see chatsmith.interop.hf_tokenizer): its markers, stop ids and Jinja chat template.
     """
 
     def __init__(self, hf: HFTokenizer, chat_format: dict | None = None):
         self.chat_format = chat_format
         added = hf.get_added_tokens_decoder()
         if chat_format is None:
-            missing = [t for t in SPECIAL_TOKENS if hf.token_to_id(t) is None]
+            missing = [t for t in REQUIRED_TOKENS if hf.token_to_id(t) is None]
             if missing:
                 raise ChatsmithError(f"tokenizer lacks the special tokens {missing}")
-            self.special_ids = frozenset(hf.token_to_id(t) for t in SPECIAL_TOKENS)
+            self.special_ids = frozenset(
+                i for i in (hf.token_to_id(t) for t in SPECIAL_TOKENS) if i is not None
+            )
         else:
             self.special_ids = frozenset(i for i, t in added.items() if t.special)
         hf.encode_special_tokens = True  # user text never turns into markers
@@ -110,6 +127,10 @@ class Tokenizer:
         self.user_id = hf.token_to_id(USER)
         self.assistant_id = hf.token_to_id(ASSISTANT)
         self.mask_id = hf.token_to_id(MASK)
+        # None in a tokenizer saved before the FIM markers existed, or a foreign one
+        self.fim_prefix_id, self.fim_suffix_id, self.fim_middle_id = (
+            hf.token_to_id(t) for t in FIM_TOKENS
+        )
         fmt = chat_format or {"document_start_token": BOS, "eos_token": END, "pad_token": PAD}
         self.bos_id = self._marker_id(fmt.get("document_start_token"))  # None: starts bare
         self.end_id = self._marker_id(fmt.get("eos_token"))
@@ -125,6 +146,10 @@ class Tokenizer:
         if i is None:
             raise ChatsmithError(f"tokenizer has no token {token!r}")
         return i
+
+    @property
+    def has_fim(self) -> bool:
+        return self.fim_prefix_id is not None
 
     @property
     def special_texts(self) -> list[str]:
@@ -237,7 +262,12 @@ class Tokenizer:
         if vocab_size < MIN_VOCAB:
             raise ChatsmithError(f"vocab size must be at least {MIN_VOCAB}, got {vocab_size}")
         hf = HFTokenizer(models.BPE())
-        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        hf.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(PRE_TOKENIZE), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
         hf.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from chatsmith.data import chitchat
@@ -16,6 +18,17 @@ def evaluate_text(
     run: LoadedRun, data: str, batch_size: int = 8, max_tokens: int | None = None, progress=None
 ) -> Score:
     docs = chitchat.documents("val") if data == chitchat.BUILTIN_NAME else iter_documents(data)
+    return score_documents(run, docs, batch_size, max_tokens, progress)
+
+
+def score_documents(
+    run: LoadedRun,
+    docs: Iterable[str],
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+    progress=None,
+) -> Score:
+    """Loss and bits per byte of documents read left to right, each led by BOS."""
     tokens = tokenize_documents(run.tokenizer, docs, max_tokens)
     bpt = torch.tensor(run.tokenizer.bytes_per_token, dtype=torch.long)
     device = next(run.model.parameters()).device

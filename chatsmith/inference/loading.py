@@ -14,6 +14,7 @@ from chatsmith.checkpoint import (
     load_run_tokenizer,
     read_run_info,
 )
+from chatsmith.errors import ChatsmithError
 from chatsmith.inference.engine import Engine
 from chatsmith.models import ModelConfig, build_model
 from chatsmith.runtime import resolve_device
@@ -32,6 +33,18 @@ class LoadedRun:
     @property
     def name(self) -> str:
         return self.path.resolve().name
+
+    @property
+    def is_code_model(self) -> bool:
+        """Pretrained on source code (completes code; has never seen a conversation)."""
+        return self.info.get("kind") == "code"
+
+    def check_chat(self) -> None:
+        if self.is_code_model:
+            raise ChatsmithError(
+                f"{self.name} is a code model: it completes code and cannot chat; use "
+                f'chatsmith complete {self.path} --prefix "def add(a, b):\\n"'
+            )
 
     def engine(self, max_batch: int = 1) -> Engine:
         return Engine(self.model, self.tokenizer.stop_ids, max_batch=max_batch, cuda_graph=True)

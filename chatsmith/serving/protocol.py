@@ -90,6 +90,11 @@ class ChatCompletionRequest(SamplingRequest):
 
 class CompletionRequest(SamplingRequest):
     prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=16)]
+    suffix: Text | None = Field(
+        None,
+        description="Text after the insertion point: the model writes what goes between the "
+        "prompt and it (fill-in-the-middle; for models pretrained with --fim).",
+    )
 
 
 def new_id(prefix: str) -> str:

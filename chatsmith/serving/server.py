@@ -14,6 +14,7 @@ from pathlib import Path
 from chatsmith.chat_template import render_prompt, validate_messages
 from chatsmith.checkpoint import RUN_FILE
 from chatsmith.errors import ChatsmithError
+from chatsmith.inference.completion import completion_prompt
 from chatsmith.inference.engine import Engine, SamplingParams
 from chatsmith.inference.loading import LoadedRun
 from chatsmith.inference.streaming import StopFilter, TextStream
@@ -73,7 +74,7 @@ class Server:
             # a blank key would let a bare "Authorization: Bearer" in
             raise ChatsmithError("the API key is empty: give a real key, or none for no auth")
         self.limits, self.api_key = limits, api_key
-        self.tok = loaded.tokenizer
+        self.loaded, self.tok = loaded, loaded.tokenizer
         self.model_id = loaded.name
         self.created = run_created(loaded.path)
         self.context = loaded.cfg.max_seq_len
@@ -116,6 +117,10 @@ class Server:
     # must not stall the event loop and with it every stream in flight
 
     def chat_prompt(self, body: ChatCompletionRequest) -> list[int]:
+        try:
+            self.loaded.check_chat()
+        except ChatsmithError as e:
+            raise APIError(400, str(e), param="messages", code="model_cannot_chat") from None
         messages = [
             {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
             for m in body.messages
@@ -130,11 +135,16 @@ class Server:
         return ids
 
     def text_prompts(self, body: CompletionRequest) -> list[list[int]]:
+        """One prompt per text; with `suffix`, fill-in-the-middle prompts (not cut to fit: a
+        prompt too long for the context is refused, as without a suffix)."""
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         params = ["prompt"] if len(texts) == 1 else [f"prompt[{i}]" for i in range(len(texts))]
         for text, param in zip(texts, params):
-            self._check_chars(len(text), param)
-        prompts = [[*self.tok.doc_start, *self.tok.encode(t)] for t in texts]
+            self._check_chars(len(text) + len(body.suffix or ""), param)
+        try:
+            prompts = [completion_prompt(self.tok, t, body.suffix, 2**62) for t in texts]
+        except ChatsmithError as e:
+            raise APIError(400, str(e), param="suffix") from None
         for ids, param in zip(prompts, params):
             self._check_length(ids, param)
         return prompts

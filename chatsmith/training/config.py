@@ -103,7 +103,8 @@ class PretrainConfig(TrainConfig):
     fingerprints_data: ClassVar[bool] = True
     data: str = option(
         BUILTIN_NAME,
-        "Text file, folder, .jsonl (text field), .parquet, hf:NAME[:split] or the built-in corpus",
+        "Text file, folder, .jsonl (text field), .parquet, hf:NAME[:split], the built-in corpus "
+        "or builtin:python-stdlib (code)",
     )
     val_data: str | None = option(
         None, "Held-out data (default: the built-in split, or the last 5% of --data)."
@@ -117,6 +118,12 @@ class PretrainConfig(TrainConfig):
     n_kv_head: int | None = option(None, "Key/value heads (fewer = grouped-query).")
     max_text_mb: float = 512.0
     optimizer: str = option("muon", "muon (AdamW for embeddings and norms) or adamw")
+    include: str | None = option(
+        None,
+        'Source-file patterns, e.g. "*.py,*.rs": --data is then a folder of code, one '
+        "document per file (builtin:python-stdlib needs none).",
+    )
+    fim: float = option(0.0, "Share of the data (0-1) turned into fill-in-the-middle examples")
 
 
 @dataclass

@@ -11,6 +11,8 @@ from torch import nn
 
 from chatsmith.checkpoint import data_fingerprint
 from chatsmith.data import chitchat
+from chatsmith.data.code import code_files, is_code_source
+from chatsmith.data.fim import check_rate, fim_token_stream
 from chatsmith.data.sources import iter_documents
 from chatsmith.data.splits import split_tail
 from chatsmith.data.tokens import TokenWindows, tokenize_documents
@@ -95,9 +97,18 @@ def _take(docs: Iterable[str], max_bytes: float) -> list[str]:
 
 
 def load_corpus(
-    data: str, val_data: str | None, max_text_mb: float
+    data: str, val_data: str | None, max_text_mb: float, include: str | None = None, say=print
 ) -> tuple[list[str], list[str] | None]:
     """Training and held-out documents; held-out is None when it is to be cut from the tokens."""
+    if is_code_source(data, include):
+        train_docs = _take(
+            (f.text for f in code_files(data, include, "train", say)), max_text_mb * 1e6
+        )
+        if val_data:
+            val = code_files(val_data, include, "all", say)
+        else:
+            val = code_files(data, include, "val", say)
+        return train_docs, [f.text for f in val] or None
     if data == chitchat.BUILTIN_NAME:
         if val_data is None:
             return chitchat.documents("train"), chitchat.documents("val")
@@ -128,7 +139,10 @@ def pretrain(
     reporter = reporter or Reporter()
     seed_everything(run.seed)
     out = Path(run.out)
-    train_docs, val_docs = load_corpus(config.data, config.val_data, config.max_text_mb)
+    fim = check_rate(config.fim)
+    train_docs, val_docs = load_corpus(
+        config.data, config.val_data, config.max_text_mb, config.include, reporter.say
+    )
     if run.resume:
         tok = Tokenizer.load(out)
     else:
@@ -145,7 +159,13 @@ def pretrain(
         )
         tok.save(out)
     cfg = model_config(config, tok.vocab_size)
-    train_tokens = tokenize_documents(tok, train_docs)
+    if fim > 0:
+        reporter.say(
+            f"fill-in-the-middle: {fim:.0%} of context-sized pieces (PSM and SPM, half each)"
+        )
+        train_tokens = fim_token_stream(tok, train_docs, fim, cfg.max_seq_len, run.seed)
+    else:
+        train_tokens = tokenize_documents(tok, train_docs)
     if val_docs is None:
         train_tokens, val_tokens = split_tail(train_tokens)
     else:
@@ -166,4 +186,6 @@ def pretrain(
         "flags": run.budget(),
         "data": data_fingerprint(train=train_tokens, val=val_tokens),
     }
+    if is_code_source(config.data, config.include):
+        info["kind"] = "code"  # completes code (`chatsmith complete`); not a chat model
     return train(model, cfg, objective, config, run, info, reporter)
