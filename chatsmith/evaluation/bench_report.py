@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from chatsmith.checkpoint import write_json_atomic
+from chatsmith.evaluation.figures import pyplot, save_png
 
 
 def write_outputs(report: dict, png: Path) -> tuple[Path | None, Path]:
@@ -19,12 +19,8 @@ def write_outputs(report: dict, png: Path) -> tuple[Path | None, Path]:
 
 
 def plot(report: dict, out: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     pts = report["points"]
     batches = [p["batch"] for p in pts]
@@ -47,6 +43,7 @@ def plot(report: dict, out: Path) -> bool:
     right.set_title("latency")
     for ax in (left, right):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(batches, [str(b) for b in batches])
         ax.set_yscale("log")
         ax.set_xlabel("batch size")
         ax.grid(alpha=0.3, which="both")
@@ -56,10 +53,7 @@ def plot(report: dict, out: Path) -> bool:
         f"{report['prompt_tokens']} prompt + {report['new_tokens']} new tokens"
     )
     fig.tight_layout()
-    tmp = out.with_name(out.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, out)
+    save_png(fig, out, dpi=110)
     return True
 
 
