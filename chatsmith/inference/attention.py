@@ -56,7 +56,7 @@ def token_labels(tok: Tokenizer, ids: list[int]) -> list[str]:
     return labels
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the weights stay ordinary tensors for the caller
 def attention_maps(model: nn.Module, tok: Tokenizer, text: str) -> AttentionMaps:
     """Every layer's and head's attention weights over `text` (preceded by the BOS token)."""
     cfg = model.cfg
