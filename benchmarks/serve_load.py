@@ -8,6 +8,11 @@ did not end with a 200 and `data: [DONE]`).
     flock /tmp/chatsmith-bench.lock python benchmarks/serve_load.py            # builds a model
     python benchmarks/serve_load.py --run runs/my-run --levels 1 4 16 64
 
+Against `chatsmith bench`: with --bench BENCH.json the concurrency levels default to the batch
+sizes the bench measured, and each level's tokens/s is set beside what the bench predicts for
+a server holding that many requests of the measured shape (mean prompt and reply tokens):
+reply / (prompt / prefill tokens/s + reply / decode tokens/s), `evaluation.cost`.
+
 Without --run it builds a depth-8 model (d_model 512, 8 layers, 4096-token vocabulary,
 27.4M parameters) with random weights: the same compute per token as a trained model of that
 shape (replies are gibberish and may end early on a randomly drawn end token).
@@ -73,6 +78,7 @@ def build_run(out: Path, depth: int, seq_len: int) -> None:
 CONTENT = b'"content":"'
 EMPTY = b'"content":""'
 USAGE = re.compile(rb'"completion_tokens":(\d+)')
+PROMPT_USAGE = re.compile(rb'"prompt_tokens":(\d+)')
 
 
 async def one_request(host: str, port: int, body: dict) -> dict:
@@ -111,19 +117,23 @@ async def one_request(host: str, port: int, body: dict) -> dict:
         return {"ok": False, "error": repr(e)}
     status = int(data[9:12]) if data.startswith(b"HTTP/1.1 ") else None
     used = USAGE.findall(data)
+    prompt = PROMPT_USAGE.findall(data)
     ok = status == 200 and b"data: [DONE]" in data and bool(used)
     gaps = [b - a for a, b in zip(stamps, stamps[1:]) if b > a]
     return {
         "ok": ok,
         "status": status,
         "tokens": int(used[-1]) if used else 0,
+        "prompt_tokens": int(prompt[-1]) if prompt else 0,
         "ttft": (stamps[0] - start) if stamps else None,
         "gaps": gaps,
         "seconds": time.perf_counter() - start,
     }
 
 
-async def run_level(host: str, port: int, clients: int, requests: int, max_tokens: int) -> dict:
+async def run_level(
+    host: str, port: int, clients: int, requests: int, max_tokens: int, temperature: float = 1.0
+) -> dict:
     queue: asyncio.Queue = asyncio.Queue()
     for i in range(requests):
         queue.put_nowait(i)
@@ -138,7 +148,7 @@ async def run_level(host: str, port: int, clients: int, requests: int, max_token
             body = {
                 "model": "bench",
                 "max_tokens": max_tokens,
-                "temperature": 1.0,
+                "temperature": temperature,
                 "seed": i,
                 "stream": True,
                 "stream_options": {"include_usage": True},
@@ -166,6 +176,28 @@ async def run_level(host: str, port: int, clients: int, requests: int, max_token
         "mean_tokens_per_request": round(statistics.mean([r["tokens"] for r in ok]), 1)
         if ok
         else 0,
+        "mean_prompt_tokens": round(statistics.mean([r["prompt_tokens"] for r in ok]), 1)
+        if ok
+        else 0,
+    }
+
+
+def bench_prediction(bench: dict, level: dict) -> dict | None:
+    """What `chatsmith bench` predicts for this level: the measured point at the same batch,
+    for queries of the shape this level actually sent."""
+    from chatsmith.evaluation.cost import Point, served_tokens_per_s
+
+    point = next((p for p in bench["points"] if p["batch"] == level["clients"]), None)
+    if point is None or not level["completed"]:
+        return None
+    measured = Point(point["batch"], point["prefill_tokens_per_s"], point["decode_tokens_per_s"])
+    predicted = point["batch"] * served_tokens_per_s(
+        measured, level["mean_prompt_tokens"], level["mean_tokens_per_request"]
+    )
+    return {
+        "predicted_tokens_per_s": round(predicted, 1),
+        "ratio": round(level["tokens_per_s"] / predicted, 3),
+        "within_15_percent": abs(level["tokens_per_s"] / predicted - 1) <= 0.15,
     }
 
 
@@ -174,7 +206,11 @@ def main() -> None:
     ap.add_argument("--run", type=Path, help="run folder to serve (default: build one)")
     ap.add_argument("--depth", type=int, default=8, help="model depth when building one")
     ap.add_argument("--seq-len", type=int, default=512)
-    ap.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16, 64])
+    ap.add_argument(
+        "--levels", type=int, nargs="+", help="concurrent clients (default 1 4 16 64, or --bench's)"
+    )
+    ap.add_argument("--bench", type=Path, help="a `chatsmith bench` JSON to compare against")
+    ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--requests-per-client", type=int, default=2)
     ap.add_argument("--min-requests", type=int, default=4)
@@ -187,6 +223,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
+    bench = json.loads(args.bench.read_text()) if args.bench else None
+    if args.levels is None:
+        args.levels = [p["batch"] for p in bench["points"]] if bench else [1, 4, 16, 64]
 
     tmp = tempfile.TemporaryDirectory(prefix="chatsmith-serve-bench-")
     run = args.run
@@ -237,7 +276,7 @@ def main() -> None:
         for c in args.levels:
             n = max(args.min_requests, c * args.requests_per_client)
             before = httpx.get(base + "/health").json()
-            res = asyncio.run(run_level("127.0.0.1", port, c, n, args.max_tokens))
+            res = asyncio.run(run_level("127.0.0.1", port, c, n, args.max_tokens, args.temperature))
             after = httpx.get(base + "/health").json()
             steps = after["steps"] - before["steps"]
             res["server"] = {
@@ -248,6 +287,8 @@ def main() -> None:
                 "prefill_s": round(after["prefill_seconds"] - before["prefill_seconds"], 2),
                 "decode_s": round(after["step_seconds"] - before["step_seconds"], 2),
             }
+            if bench is not None:
+                res["bench"] = bench_prediction(bench, res)
             levels.append(res)
             print(json.dumps(res), flush=True)
     finally:
@@ -266,6 +307,16 @@ def main() -> None:
             f"| {r['clients']} | {r['requests']} | {r['lost']} | {r['tokens_per_s']} | "
             f"{speedup} | {t['p50']}/{t['p90']}/{t['p99']} | {g['p50']}/{g['p90']}/{g['p99']} |"
         )
+    if bench is not None:
+        print("\n| clients | served tokens/s | bench predicts | ratio | within 15% |")
+        print("|---|---|---|---|---|")
+        for r in levels:
+            b = r.get("bench")
+            if b:
+                print(
+                    f"| {r['clients']} | {r['tokens_per_s']} | {b['predicted_tokens_per_s']} | "
+                    f"{b['ratio']} | {'yes' if b['within_15_percent'] else 'no'} |"
+                )
     if args.json:
         args.json.write_text(
             json.dumps(
