@@ -42,6 +42,8 @@ class _Job:
     params: SamplingParams
     seq: Generation | None = None
     done: bool = False
+    arrived: float = field(default_factory=time.perf_counter)
+    last_token: float | None = None
 
 
 @dataclass(eq=False)
@@ -55,8 +57,10 @@ class Ticket:
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, max_queue: int):
+    def __init__(self, engine: Engine, max_queue: int, metrics=None):
+        """`metrics` (a serving.metrics.ServeMetrics) is told of admitted prompts and tokens."""
         self.engine = engine
+        self.metrics = metrics
         self.capacity = engine.max_batch + max_queue
         self._cv = threading.Condition()
         self._waiting: deque[_Job] = deque()
@@ -171,6 +175,7 @@ class Scheduler:
                         self._finish(job, out, f"error:generation failed ({type(e).__name__})")
                 self._post(out)
                 continue
+            now = time.perf_counter()
             with self._cv:
                 for seq, token in events:
                     job = self._by_seq.get(seq)
@@ -178,9 +183,16 @@ class Scheduler:
                         continue
                     if token is not None:
                         out.setdefault(job.ticket, []).append((job.index, token, None))
+                        self._observe(job, now)
                     if seq.finished:
                         self._finish(job, out, seq.finish_reason)
             self._post(out)
+
+    def _observe(self, job: _Job, now: float) -> None:
+        if self.metrics is not None:
+            gap = None if job.last_token is None else now - job.last_token
+            self.metrics.token(now - job.arrived, gap)
+        job.last_token = now
 
     def _admit(self, jobs: list[_Job], out: dict) -> None:
         """Prefill waiting prompts, several per forward pass (bounded in padded tokens)."""
@@ -208,6 +220,8 @@ class Scheduler:
             for job, seq in zip(group, seqs):
                 job.seq = seq
                 self._by_seq[seq] = job
+                if self.metrics is not None:
+                    self.metrics.admitted(len(job.prompt))
 
     @staticmethod
     def _post(out: dict[Ticket, list[Event]]) -> None:
