@@ -5,7 +5,7 @@ Where things live, in the order a request meets them:
 - `app.py`         `create_app(loaded, limits, api_key)`: assembles the pieces below.
 - `middleware.py`  the body guard (JSON bodies, 413 past the size limit) and the API-key check.
 - `routes.py`      the endpoints (`/v1/models`, `/v1/chat/completions`, `/v1/completions`,
-                   `/health`, the page at `/`); they only parse and delegate.
+                   `/health`, `/metrics`, the page at `/`); they only parse and delegate.
 - `protocol.py`    request bodies (pydantic) and the small JSON shapes (ids, usage, errors).
 - `server.py`      `Server`, the state every route shares: prompts and sampling from a
                    request, submitting to the scheduler, and tokens -> text per choice
@@ -14,6 +14,8 @@ Where things live, in the order a request meets them:
                    between decode steps.
 - `responses.py`   whole JSON bodies and SSE chunks; chat vs text completions differ only in
                    a `Kind` (`CHAT`, `COMPLETION`).
+- `metrics.py`     Prometheus counters and histograms (`/metrics`), fed by the scheduler, and
+                   the middleware counting responses by endpoint and status.
 - `errors.py`      `APIError` and the handlers that answer every failure as OpenAI-style JSON.
 - `config.py`      `ServeLimits`; `live.py` runs the app on a loopback port (tests, notebooks);
                    `static/` holds the chat page (plain HTML/JS/CSS).

@@ -10,6 +10,7 @@ from fastapi.staticfiles import StaticFiles
 from chatsmith.inference.loading import LoadedRun
 from chatsmith.serving.config import ServeLimits
 from chatsmith.serving.errors import install_error_handlers
+from chatsmith.serving.metrics import CountRequests
 from chatsmith.serving.middleware import BodyGuard
 from chatsmith.serving.routes import STATIC, router
 from chatsmith.serving.server import Server
@@ -37,6 +38,7 @@ def create_app(
     )
     app.state.server = Server(loaded, limits or ServeLimits(), api_key)
     app.add_middleware(BodyGuard, limit=app.state.server.limits.max_body_bytes)
+    app.add_middleware(CountRequests, metrics=app.state.server.metrics)
     install_error_handlers(app)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

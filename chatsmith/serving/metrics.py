@@ -91,8 +91,8 @@ class ServeMetrics:
 
 
 class CountRequests:
-    """ASGI middleware counting every HTTP response by endpoint and status code:
-    `app.add_middleware(CountRequests, metrics=...)`."""
+    """ASGI middleware counting every HTTP response by endpoint and status code; outermost,
+    so that the body guard's 413s are counted too."""
 
     def __init__(self, app, metrics: ServeMetrics):
         self.app, self.metrics = app, metrics
@@ -111,16 +111,3 @@ class CountRequests:
             await send(message)
 
         return await self.app(scope, receive, send_counted)
-
-
-def install(app, metrics: ServeMetrics) -> None:
-    """Count the app's responses and serve `GET /metrics` (unauthenticated, like /health:
-    scrapers rarely carry API keys, and no request content is exposed)."""
-    from fastapi import Response
-
-    app.add_middleware(CountRequests, metrics=metrics)
-
-    @app.get("/metrics", include_in_schema=False)
-    async def prometheus_metrics() -> Response:
-        body, content_type = metrics.render()
-        return Response(body, media_type=content_type)

@@ -1,4 +1,4 @@
-"""The HTTP routes: OpenAI-compatible `/v1/...`, `/health`, and the chat page at `/`.
+"""The HTTP routes: OpenAI-compatible `/v1/...`, `/health`, `/metrics`, the chat page at `/`.
 
 Routes only parse and delegate: prompts and sampling come from the app's `Server`
 (`app.state.server`, handed in by the `server` dependency), answers from `responses`.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse
 
 from chatsmith.serving.errors import APIError
@@ -30,8 +30,16 @@ openai_api = APIRouter(dependencies=[Depends(authorize)], tags=["openai"])
 
 @router.get("/health", tags=["server"])
 async def health(srv: Server = Depends(server)) -> dict:
-    stats = srv.scheduler.stats() if srv.scheduler else {}
-    return {"status": "ok" if srv.scheduler else "stopped", "model": srv.model_id, **stats}
+    status = "ok" if srv.scheduler else "stopped"
+    return {"status": status, "model": srv.model_id, **srv.stats()}
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(srv: Server = Depends(server)) -> Response:
+    """Prometheus text format; open like /health (scrapers rarely carry API keys, and no
+    request content is exposed)."""
+    body, content_type = srv.metrics.render()
+    return Response(body, media_type=content_type)
 
 
 @router.get("/", include_in_schema=False)
