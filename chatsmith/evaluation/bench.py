@@ -13,12 +13,12 @@ import re
 import resource
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
 from chatsmith.errors import ChatsmithError
 from chatsmith.evaluation import cost
+from chatsmith.evaluation.hardware import device_peak
 from chatsmith.inference.engine import Engine, SamplingParams
 from chatsmith.inference.loading import LoadedRun
 
@@ -116,62 +116,6 @@ class BenchConfig:
         return BenchConfig(**{**asdict(self), "prompt_tokens": prompt, "new_tokens": new})
 
 
-def cpu_peak(threads: int) -> cost.DevicePeak:
-    """An estimate for a CPU: cores x clock x fp32 FLOPs per cycle from the vector units
-    (2 FMA units x 8 lanes x 2 with AVX2, 16 lanes with AVX-512), and the bandwidth of a
-    large tensor copy measured now (a floor on the true peak, lower on a busy machine)."""
-    flags, mhz = set(), 0.0
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "flags":
-                flags = set(value.split())
-            elif key.strip() == "cpu MHz":
-                mhz = max(mhz, float(value))
-    except OSError:
-        pass
-    per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else 8
-    ghz = mhz / 1000 if mhz else 2.5
-    a = torch.empty(32 * 2**20)  # 128 MB: far larger than any cache
-    b = torch.empty_like(a)
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        b.copy_(a)
-        best = min(best, time.perf_counter() - t0)
-    gbps = 2 * a.numel() * a.element_size() / best / 1e9  # read + write
-    return cost.DevicePeak(
-        "CPU",
-        threads * ghz * per_cycle / 1000,
-        round(gbps, 1),
-        f"estimate: {threads} threads x {ghz:.2f} GHz x {per_cycle} fp32 FLOPs/cycle; "
-        "bandwidth of a 128 MB copy measured now",
-    )
-
-
-def device_peak(device: torch.device, cfg: BenchConfig) -> cost.DevicePeak:
-    """User-given peaks win; else a known accelerator's datasheet; else an estimate."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        found = cost.lookup_device(name)
-    else:
-        name, found = "CPU", None
-    if found is None and device.type == "cpu":
-        found = cpu_peak(torch.get_num_threads())
-    if cfg.peak_tflops is not None or cfg.mem_gbps is not None:
-        if found is None and (cfg.peak_tflops is None or cfg.mem_gbps is None):
-            raise ChatsmithError(
-                f"{name} is not a known device: give both --peak-tflops and --mem-gbps"
-            )
-        return cost.DevicePeak(
-            name,
-            cfg.peak_tflops if cfg.peak_tflops is not None else found.tflops,
-            cfg.mem_gbps if cfg.mem_gbps is not None else found.mem_gbps,
-            "given by the user" + ("" if found is None else f" (rest: {found.source})"),
-        )
-    return found  # None for an unknown accelerator: no floor is reported
-
-
 def model_shape(run: LoadedRun) -> cost.ModelShape:
     model, cfg = run.model, run.cfg
     params = list(model.parameters())
@@ -251,7 +195,7 @@ def run_bench(run: LoadedRun, cfg: BenchConfig, progress: bool = True) -> dict:
 
     cfg = cfg.resolve(run.cfg.max_seq_len)
     device = next(run.model.parameters()).device
-    peak = device_peak(device, cfg)
+    peak = device_peak(device, cfg.peak_tflops, cfg.mem_gbps)  # None: no floor reported
     shape = model_shape(run)
     measure_batch(run, 1, min(8, cfg.prompt_tokens), 4, cfg.seed)  # warm-up: first-call costs
     bar = tqdm(
