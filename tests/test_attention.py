@@ -76,6 +76,7 @@ def test_text_longer_than_the_context(run):
         attention_maps(run.model, run.tokenizer, "hello there " * 100)
 
 
+@pytest.mark.slow
 def test_attention_command(tiny_run, tmp_path):
     out = tmp_path / "attn.png"
     proc = run_cli("attention", str(tiny_run), "--text", TEXT, "--out", str(out), "--head", "1")
