@@ -13,9 +13,10 @@ sizes the bench measured, and each level's tokens/s is set beside what the bench
 a server holding that many requests of the measured shape (mean prompt and reply tokens):
 reply / (prompt / prefill tokens/s + reply / decode tokens/s), `evaluation.cost`.
 
-Without --run it builds a depth-8 model (d_model 512, 8 layers, 4096-token vocabulary,
-27.4M parameters) with random weights: the same compute per token as a trained model of that
-shape (replies are gibberish and may end early on a randomly drawn end token).
+Without --run (or with a --run folder that does not exist yet: it is then kept) it builds a
+depth-8 model (d_model 512, 8 layers, 4096-token vocabulary, 27.4M parameters) with random
+weights: the same compute per token as a trained model of that shape (replies are gibberish
+and may end early on a randomly drawn end token).
 """
 
 from __future__ import annotations
@@ -191,7 +192,7 @@ def bench_prediction(bench: dict, level: dict) -> dict | None:
     if point is None or not level["completed"]:
         return None
     measured = Point(point["batch"], point["prefill_tokens_per_s"], point["decode_tokens_per_s"])
-    predicted = point["batch"] * served_tokens_per_s(
+    predicted = served_tokens_per_s(
         measured, level["mean_prompt_tokens"], level["mean_tokens_per_request"]
     )
     return {
@@ -210,6 +211,9 @@ def main() -> None:
         "--levels", type=int, nargs="+", help="concurrent clients (default 1 4 16 64, or --bench's)"
     )
     ap.add_argument("--bench", type=Path, help="a `chatsmith bench` JSON to compare against")
+    ap.add_argument(
+        "--build-only", action="store_true", help="build the model at --run (if absent) and stop"
+    )
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--requests-per-client", type=int, default=2)
@@ -229,6 +233,10 @@ def main() -> None:
 
     tmp = tempfile.TemporaryDirectory(prefix="chatsmith-serve-bench-")
     run = args.run
+    if run is not None and not run.exists():  # kept, so that `chatsmith bench` can use it too
+        build_run(run, args.depth, args.seq_len)
+    if args.build_only:
+        return
     if run is None:
         run = Path(tmp.name) / "run"
         build_run(run, args.depth, args.seq_len)

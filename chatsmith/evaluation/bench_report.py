@@ -91,15 +91,18 @@ def summary(report: dict) -> list[str]:
         lines.append(
             f"cost at {c['price_per_hour']:g}/hour, query {q['prompt_tokens']}:{q['reply_tokens']}:"
         )
-        picks = [("batch 1", c["batch_1"]), ("cheapest", c["cheapest"])]
+        picks = [("at batch 1", c["batch_1"]), ("cheapest", c["cheapest"])]
         if "latency_slo_ms" in c:
-            picks.append((f"within {c['latency_slo_ms']:g} ms/token", c["cheapest_within_slo"]))
+            picks.append(
+                (f"cheapest within {c['latency_slo_ms']:g} ms/token", c["cheapest_within_slo"])
+            )
         for label, r in picks:
             if r is None:
                 lines.append(f"  {label}: no measured batch size qualifies")
                 continue
+            where = "" if label == "at batch 1" else f" (batch {r['batch']})"
             lines.append(
-                f"  {label} (batch {r['batch']}): {r['per_1m_input_tokens']:.4g} per 1M input, "
+                f"  {label}{where}: {r['per_1m_input_tokens']:.4g} per 1M input, "
                 f"{r['per_1m_output_tokens']:.4g} per 1M output, {r['per_query']:.4g} per query "
                 f"({r['token_latency_ms']:.2f} ms/token)"
             )
