@@ -12,6 +12,11 @@ Against `chatsmith bench`: with --bench BENCH.json the concurrency levels defaul
 sizes the bench measured, and each level's tokens/s is set beside what the bench predicts for
 a server holding that many requests of the measured shape (mean prompt and reply tokens):
 reply / (prompt / prefill tokens/s + reply / decode tokens/s), `evaluation.cost`.
+With --bench-live it runs `chatsmith bench` at each level's batch size (and the test's prompt
+length and --max-tokens) right before the level instead, and --repeats N alternates the two
+N times: on a shared machine the load drifts between two measurements minutes apart.
+
+    python benchmarks/serve_load.py --run RUN --bench-live --repeats 3 --levels 1 4 16
 
 Without --run (or with a --run folder that does not exist yet: it is then kept) it builds a
 depth-8 model (d_model 512, 8 layers, 4096-token vocabulary, 27.4M parameters) with random
@@ -183,6 +188,19 @@ async def run_level(
     }
 
 
+def run_bench(run: Path, batch: int, prompt: int, new: int, args, out: Path) -> dict:
+    """`chatsmith bench` at one batch size, in its own process while the server sits idle."""
+    cmd = [sys.executable, "-m", "chatsmith.cli", "bench", str(run), "--batch", str(batch)]
+    cmd += ["--prompt-tokens", str(prompt), "--new-tokens", str(new), "--device", args.device]
+    cmd += ["--json", "--out", str(out)] + (
+        ["--threads", str(args.threads)] if args.threads else []
+    )
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit("chatsmith bench failed:\n" + proc.stderr)
+    return json.loads(proc.stdout)
+
+
 def bench_prediction(bench: dict, level: dict) -> dict | None:
     """What `chatsmith bench` predicts for this level: the measured point at the same batch,
     for queries of the shape this level actually sent."""
@@ -212,6 +230,13 @@ def main() -> None:
     )
     ap.add_argument("--bench", type=Path, help="a `chatsmith bench` JSON to compare against")
     ap.add_argument(
+        "--bench-live",
+        action="store_true",
+        help="run `chatsmith bench` at each level's batch size right before the level "
+        "(on a shared machine the load drifts between a bench run earlier and the test)",
+    )
+    ap.add_argument("--repeats", type=int, default=1, help="runs of each level (and its bench)")
+    ap.add_argument(
         "--build-only", action="store_true", help="build the model at --run (if absent) and stop"
     )
     ap.add_argument("--temperature", type=float, default=1.0)
@@ -228,6 +253,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     bench = json.loads(args.bench.read_text()) if args.bench else None
+    if args.levels is None and args.bench_live:
+        args.levels = [1, 4, 16]
     if args.levels is None:
         args.levels = [p["batch"] for p in bench["points"]] if bench else [1, 4, 16, 64]
 
@@ -279,9 +306,13 @@ def main() -> None:
             file=sys.stderr,
             flush=True,
         )
-        asyncio.run(run_level("127.0.0.1", port, 2, 2, 8))  # warm-up
+        warm = asyncio.run(run_level("127.0.0.1", port, 2, 2, 8))
+        prompt_tokens = round(warm["mean_prompt_tokens"])
         levels = []
-        for c in args.levels:
+        for c in [c for c in args.levels for _ in range(args.repeats)]:
+            if args.bench_live:
+                out = Path(tmp.name) / f"bench-{c}.png"
+                bench = run_bench(run, c, prompt_tokens, args.max_tokens, args, out)
             n = max(args.min_requests, c * args.requests_per_client)
             before = httpx.get(base + "/health").json()
             res = asyncio.run(run_level("127.0.0.1", port, c, n, args.max_tokens, args.temperature))
@@ -325,6 +356,21 @@ def main() -> None:
                     f"| {r['clients']} | {r['tokens_per_s']} | {b['predicted_tokens_per_s']} | "
                     f"{b['ratio']} | {'yes' if b['within_15_percent'] else 'no'} |"
                 )
+        if args.repeats > 1:
+            print("\n| clients | median served | median predicted | median ratio |")
+            print("|---|---|---|---|")
+            for c in args.levels:
+                rs = [r for r in levels if r["clients"] == c and r.get("bench")]
+                if rs:
+                    med = [
+                        statistics.median(f(r) for r in rs)
+                        for f in (
+                            lambda r: r["tokens_per_s"],
+                            lambda r: r["bench"]["predicted_tokens_per_s"],
+                            lambda r: r["bench"]["ratio"],
+                        )
+                    ]
+                    print(f"| {c} | {med[0]:.1f} | {med[1]:.1f} | {med[2]:.3f} |")
     if args.json:
         args.json.write_text(
             json.dumps(
