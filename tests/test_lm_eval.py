@@ -16,6 +16,7 @@ pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.api.registry import get_model  # noqa: E402
 
+from chatsmith.errors import ChatsmithError  # noqa: E402
 from chatsmith.evaluation.lm_eval_adapter import ChatsmithLM  # noqa: E402
 from chatsmith.inference.engine import Engine, SamplingParams  # noqa: E402
 from chatsmith.inference.likelihood import continuation_logprobs  # noqa: E402
@@ -146,3 +147,12 @@ def test_unknown_task_file_is_one_error_line(tiny_run, tmp_path):
         *("--tasks", str(tmp_path / "nope.yaml")),
     )
     assert_clean_error(proc, "nope.yaml does not exist")
+
+
+def test_bad_model_args_are_chatsmith_errors(tiny_run, tmp_path):
+    with pytest.raises(ChatsmithError, match="unknown --model_args \\['pretrained'\\]"):
+        ChatsmithLM(run=str(tiny_run), pretrained="gpt2")
+    with pytest.raises(ChatsmithError, match="give the run folder"):
+        ChatsmithLM()
+    with pytest.raises(ChatsmithError, match="does not exist"):
+        ChatsmithLM(run=str(tmp_path / "nope"))

@@ -5,7 +5,7 @@ Importing this module registers the model name `chatsmith` with lm-eval. lm-eval
 module is also the command to use: it registers, then hands its arguments to lm-eval's CLI.
 
     python -m chatsmith.evaluation.lm_eval_adapter --model chatsmith \\
-        --model_args run=runs/my-run --tasks hellaswag,arc_easy --batch_size 16
+        --model_args run=runs/my-run --tasks hellaswag,arc_easy --batch_size 16 --device cpu
 
 From Python, `lm_eval.simple_evaluate(model="chatsmith", model_args="run=...")` works once
 this module is imported.
@@ -59,8 +59,13 @@ class ChatsmithLM(LM):
         batch_size: int | str | None = None,
         max_batch_size: int | None = None,
         max_gen_toks: int = 256,
+        **unknown,
     ):
         super().__init__()
+        if unknown:
+            raise ChatsmithError(
+                f"unknown --model_args {sorted(unknown)}; chatsmith takes run and max_gen_toks"
+            )
         if run is None:
             raise ChatsmithError("give the run folder: --model_args run=RUN")
         if not Path(run).is_dir():
@@ -113,7 +118,7 @@ class ChatsmithLM(LM):
 
     def generate_until(self, requests) -> list[str]:
         jobs = []
-        for r in requests:
+        for i, r in enumerate(requests):
             context, kw = r.args[0], dict(r.args[1] if len(r.args) > 1 else {})
             until = kw.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
@@ -124,7 +129,7 @@ class ChatsmithLM(LM):
                 max_tokens=max_new,
                 temperature=float(kw.get("temperature", 1.0)) if sample else 0.0,
                 top_p=float(kw.get("top_p", 1.0)) if sample else 1.0,
-                seed=1234,
+                seed=1234 + i,  # sampled replies reproducible, and different per request
             )
             ids = [self.tok.bos_id, *self.tok.encode(context)]
             ids = ids[-(self.context - max_new) :]  # keep the end of a long prompt
