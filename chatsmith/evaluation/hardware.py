@@ -16,9 +16,10 @@ from chatsmith.evaluation import cost
 
 
 def cpu_peak(threads: int) -> cost.DevicePeak:
-    """An estimate for a CPU: cores x clock x fp32 FLOPs per cycle from the vector units
-    (2 FMA units x 8 lanes x 2 with AVX2, 16 lanes with AVX-512), and the bandwidth of a
-    large tensor copy measured now (a floor on the true peak, lower on a busy machine)."""
+    """An estimate for a CPU: threads x clock x fp32 FLOPs per cycle from the vector units
+    (2 FMA units x 8 lanes x 2 with AVX2, 16 lanes with AVX-512; an upper figure, since some
+    cores, AMD Zen 4 for one, run 512-bit vectors in two halves), and the bandwidth of a large
+    tensor copy measured now (below the true peak, and lower still on a busy machine)."""
     flags, mhz = set(), 0.0
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
