@@ -63,3 +63,13 @@ def test_metrics_count_what_was_served(live):
     assert m[("chatsmith_time_to_first_token_seconds_sum", ())] > 0
     assert m[("chatsmith_queue_depth", ())] == 0
     assert m[("chatsmith_slots_in_use", ())] == 0
+
+
+def test_metrics_need_the_key_when_one_is_set(tiny_run):
+    app = create_app(load_run(tiny_run, "cpu"), ServeLimits(max_batch=1, max_queue=1), "k3y")
+    with LiveServer(app) as srv:
+        assert httpx.get(srv.url + "/metrics", timeout=30).status_code == 401
+        ok = httpx.get(srv.url + "/metrics", headers={"Authorization": "Bearer k3y"}, timeout=30)
+        assert ok.status_code == 200 and "chatsmith_slots 1.0" in ok.text
+        # the refused scrape was counted, by status
+        assert 'chatsmith_requests_total{endpoint="/metrics",status="401"} 1.0' in ok.text
