@@ -8,9 +8,20 @@ did not end with a 200 and `data: [DONE]`).
     flock /tmp/chatsmith-bench.lock python benchmarks/serve_load.py            # builds a model
     python benchmarks/serve_load.py --run runs/my-run --levels 1 4 16 64
 
-Without --run it builds a depth-8 model (d_model 512, 8 layers, 4096-token vocabulary,
-27.4M parameters) with random weights: the same compute per token as a trained model of that
-shape (replies are gibberish and may end early on a randomly drawn end token).
+Against `chatsmith bench`: with --bench BENCH.json the concurrency levels default to the batch
+sizes the bench measured, and each level's tokens/s is set beside what the bench predicts for
+a server holding that many requests of the measured shape (mean prompt and reply tokens):
+reply / (prompt / prefill tokens/s + reply / decode tokens/s), `evaluation.cost`.
+With --bench-live it runs `chatsmith bench` at each level's batch size (and the test's prompt
+length and --max-tokens) right before the level instead, and --repeats N alternates the two
+N times: on a shared machine the load drifts between two measurements minutes apart.
+
+    python benchmarks/serve_load.py --run RUN --bench-live --repeats 3 --levels 1 4 16
+
+Without --run (or with a --run folder that does not exist yet: it is then kept) it builds a
+depth-8 model (d_model 512, 8 layers, 4096-token vocabulary, 27.4M parameters) with random
+weights: the same compute per token as a trained model of that shape (replies are gibberish
+and may end early on a randomly drawn end token).
 """
 
 from __future__ import annotations
@@ -73,6 +84,7 @@ def build_run(out: Path, depth: int, seq_len: int) -> None:
 CONTENT = b'"content":"'
 EMPTY = b'"content":""'
 USAGE = re.compile(rb'"completion_tokens":(\d+)')
+PROMPT_USAGE = re.compile(rb'"prompt_tokens":(\d+)')
 
 
 async def one_request(host: str, port: int, body: dict) -> dict:
@@ -111,19 +123,23 @@ async def one_request(host: str, port: int, body: dict) -> dict:
         return {"ok": False, "error": repr(e)}
     status = int(data[9:12]) if data.startswith(b"HTTP/1.1 ") else None
     used = USAGE.findall(data)
+    prompt = PROMPT_USAGE.findall(data)
     ok = status == 200 and b"data: [DONE]" in data and bool(used)
     gaps = [b - a for a, b in zip(stamps, stamps[1:]) if b > a]
     return {
         "ok": ok,
         "status": status,
         "tokens": int(used[-1]) if used else 0,
+        "prompt_tokens": int(prompt[-1]) if prompt else 0,
         "ttft": (stamps[0] - start) if stamps else None,
         "gaps": gaps,
         "seconds": time.perf_counter() - start,
     }
 
 
-async def run_level(host: str, port: int, clients: int, requests: int, max_tokens: int) -> dict:
+async def run_level(
+    host: str, port: int, clients: int, requests: int, max_tokens: int, temperature: float = 1.0
+) -> dict:
     queue: asyncio.Queue = asyncio.Queue()
     for i in range(requests):
         queue.put_nowait(i)
@@ -138,7 +154,7 @@ async def run_level(host: str, port: int, clients: int, requests: int, max_token
             body = {
                 "model": "bench",
                 "max_tokens": max_tokens,
-                "temperature": 1.0,
+                "temperature": temperature,
                 "seed": i,
                 "stream": True,
                 "stream_options": {"include_usage": True},
@@ -166,6 +182,41 @@ async def run_level(host: str, port: int, clients: int, requests: int, max_token
         "mean_tokens_per_request": round(statistics.mean([r["tokens"] for r in ok]), 1)
         if ok
         else 0,
+        "mean_prompt_tokens": round(statistics.mean([r["prompt_tokens"] for r in ok]), 1)
+        if ok
+        else 0,
+    }
+
+
+def run_bench(run: Path, batch: int, prompt: int, new: int, args, out: Path) -> dict:
+    """`chatsmith bench` at one batch size, in its own process while the server sits idle."""
+    cmd = [sys.executable, "-m", "chatsmith.cli", "bench", str(run), "--batch", str(batch)]
+    cmd += ["--prompt-tokens", str(prompt), "--new-tokens", str(new), "--device", args.device]
+    cmd += ["--json", "--out", str(out)] + (
+        ["--threads", str(args.threads)] if args.threads else []
+    )
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit("chatsmith bench failed:\n" + proc.stderr)
+    return json.loads(proc.stdout)
+
+
+def bench_prediction(bench: dict, level: dict) -> dict | None:
+    """What `chatsmith bench` predicts for this level: the measured point at the same batch,
+    for queries of the shape this level actually sent."""
+    from chatsmith.evaluation.cost import Point, served_tokens_per_s
+
+    point = next((p for p in bench["points"] if p["batch"] == level["clients"]), None)
+    if point is None or not level["completed"]:
+        return None
+    measured = Point(point["batch"], point["prefill_tokens_per_s"], point["decode_tokens_per_s"])
+    predicted = served_tokens_per_s(
+        measured, level["mean_prompt_tokens"], level["mean_tokens_per_request"]
+    )
+    return {
+        "predicted_tokens_per_s": round(predicted, 1),
+        "ratio": round(level["tokens_per_s"] / predicted, 3),
+        "within_15_percent": abs(level["tokens_per_s"] / predicted - 1) <= 0.15,
     }
 
 
@@ -174,7 +225,21 @@ def main() -> None:
     ap.add_argument("--run", type=Path, help="run folder to serve (default: build one)")
     ap.add_argument("--depth", type=int, default=8, help="model depth when building one")
     ap.add_argument("--seq-len", type=int, default=512)
-    ap.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16, 64])
+    ap.add_argument(
+        "--levels", type=int, nargs="+", help="concurrent clients (default 1 4 16 64, or --bench's)"
+    )
+    ap.add_argument("--bench", type=Path, help="a `chatsmith bench` JSON to compare against")
+    ap.add_argument(
+        "--bench-live",
+        action="store_true",
+        help="run `chatsmith bench` at each level's batch size right before the level "
+        "(on a shared machine the load drifts between a bench run earlier and the test)",
+    )
+    ap.add_argument("--repeats", type=int, default=1, help="runs of each level (and its bench)")
+    ap.add_argument(
+        "--build-only", action="store_true", help="build the model at --run (if absent) and stop"
+    )
+    ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--requests-per-client", type=int, default=2)
     ap.add_argument("--min-requests", type=int, default=4)
@@ -187,9 +252,18 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
+    bench = json.loads(args.bench.read_text()) if args.bench else None
+    if args.levels is None and args.bench_live:
+        args.levels = [1, 4, 16]
+    if args.levels is None:
+        args.levels = [p["batch"] for p in bench["points"]] if bench else [1, 4, 16, 64]
 
     tmp = tempfile.TemporaryDirectory(prefix="chatsmith-serve-bench-")
     run = args.run
+    if run is not None and not run.exists():  # kept, so that `chatsmith bench` can use it too
+        build_run(run, args.depth, args.seq_len)
+    if args.build_only:
+        return
     if run is None:
         run = Path(tmp.name) / "run"
         build_run(run, args.depth, args.seq_len)
@@ -232,12 +306,16 @@ def main() -> None:
             file=sys.stderr,
             flush=True,
         )
-        asyncio.run(run_level("127.0.0.1", port, 2, 2, 8))  # warm-up
+        warm = asyncio.run(run_level("127.0.0.1", port, 2, 2, 8))
+        prompt_tokens = round(warm["mean_prompt_tokens"])
         levels = []
-        for c in args.levels:
+        for c in [c for c in args.levels for _ in range(args.repeats)]:
+            if args.bench_live:
+                out = Path(tmp.name) / f"bench-{c}.png"
+                bench = run_bench(run, c, prompt_tokens, args.max_tokens, args, out)
             n = max(args.min_requests, c * args.requests_per_client)
             before = httpx.get(base + "/health").json()
-            res = asyncio.run(run_level("127.0.0.1", port, c, n, args.max_tokens))
+            res = asyncio.run(run_level("127.0.0.1", port, c, n, args.max_tokens, args.temperature))
             after = httpx.get(base + "/health").json()
             steps = after["steps"] - before["steps"]
             res["server"] = {
@@ -248,6 +326,8 @@ def main() -> None:
                 "prefill_s": round(after["prefill_seconds"] - before["prefill_seconds"], 2),
                 "decode_s": round(after["step_seconds"] - before["step_seconds"], 2),
             }
+            if bench is not None:
+                res["bench"] = bench_prediction(bench, res)
             levels.append(res)
             print(json.dumps(res), flush=True)
     finally:
@@ -266,6 +346,31 @@ def main() -> None:
             f"| {r['clients']} | {r['requests']} | {r['lost']} | {r['tokens_per_s']} | "
             f"{speedup} | {t['p50']}/{t['p90']}/{t['p99']} | {g['p50']}/{g['p90']}/{g['p99']} |"
         )
+    if bench is not None:
+        print("\n| clients | served tokens/s | bench predicts | ratio | within 15% |")
+        print("|---|---|---|---|---|")
+        for r in levels:
+            b = r.get("bench")
+            if b:
+                print(
+                    f"| {r['clients']} | {r['tokens_per_s']} | {b['predicted_tokens_per_s']} | "
+                    f"{b['ratio']} | {'yes' if b['within_15_percent'] else 'no'} |"
+                )
+        if args.repeats > 1:
+            print("\n| clients | median served | median predicted | median ratio |")
+            print("|---|---|---|---|")
+            for c in args.levels:
+                rs = [r for r in levels if r["clients"] == c and r.get("bench")]
+                if rs:
+                    med = [
+                        statistics.median(f(r) for r in rs)
+                        for f in (
+                            lambda r: r["tokens_per_s"],
+                            lambda r: r["bench"]["predicted_tokens_per_s"],
+                            lambda r: r["bench"]["ratio"],
+                        )
+                    ]
+                    print(f"| {c} | {med[0]:.1f} | {med[1]:.1f} | {med[2]:.3f} |")
     if args.json:
         args.json.write_text(
             json.dumps(

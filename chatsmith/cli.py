@@ -485,6 +485,84 @@ def export_model(
     say(f"exported {run} as a {family} model to {path}")
 
 
+@app.command()
+def bench(
+    run: Path = RunArg,
+    batch: str = typer.Option("1,4,16,64", "--batch", help="Batch sizes to measure, e.g. 1,4,16."),
+    prompt_tokens: Optional[int] = typer.Option(
+        None, help="Prompt length (default 512, or half the context if that is shorter)."
+    ),
+    new_tokens: Optional[int] = typer.Option(
+        None, help="Tokens generated per sequence (default 256, or a quarter of the context)."
+    ),
+    price_per_hour: Optional[float] = typer.Option(
+        None, help="The machine's rental price per hour (any currency): adds cost figures."
+    ),
+    query: Optional[str] = typer.Option(
+        None, help="Query shape PROMPT:REPLY in tokens for the cost per query, e.g. 500:300."
+    ),
+    latency_slo: Optional[str] = typer.Option(
+        None, help="Per-token latency target, e.g. 50ms: the cheapest batch that meets it."
+    ),
+    peak_tflops: Optional[float] = typer.Option(
+        None, help="The device's peak TFLOP/s (default: datasheet, or an estimate on CPU)."
+    ),
+    mem_gbps: Optional[float] = typer.Option(
+        None, help="The device's peak memory bandwidth in GB/s (default: as --peak-tflops)."
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="PNG to write; the JSON goes beside it (default: RUN/bench.png)."
+    ),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (default: PyTorch's choice)."),
+    device: str = DeviceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Measure serving speed (prefill, decode, latency per batch size) and what it costs."""
+    from chatsmith.evaluation.bench import BenchConfig, run_bench
+    from chatsmith.evaluation.bench_report import summary, write_outputs
+
+    cfg = BenchConfig.from_flags(
+        batch, prompt_tokens, new_tokens, price_per_hour, query, latency_slo, peak_tflops, mem_gbps
+    )
+    if threads is not None:
+        if threads < 1:
+            raise ChatsmithError(f"--threads must be at least 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+    loaded = _load(run, device)
+    report = run_bench(loaded, cfg, progress=sys.stderr.isatty())
+    png, json_path = write_outputs(report, out if out is not None else Path(run) / "bench.png")
+    if as_json:
+        print(json.dumps(report))
+        return
+    print("\n".join(summary(report)))
+    print(f"plot: {png}" if png else "plot: skipped (pip install 'chatsmith[plot]')")
+    print(f"figures: {json_path}")
+
+
+@app.command()
+def attention(
+    run: Path = RunArg,
+    text: str = typer.Option(..., "--text", help="The text whose attention to draw."),
+    out: Path = typer.Option(Path("attention.png"), "--out", help="PNG to write."),
+    layer: Optional[int] = typer.Option(None, help="Layer of the enlarged map (default: last)."),
+    head: int = typer.Option(0, help="Head of the enlarged map."),
+    device: str = DeviceOpt,
+) -> None:
+    """Draw attention weights as heat maps: every layer and head, and one head enlarged."""
+    from chatsmith.evaluation.attention_plot import plot_attention
+    from chatsmith.inference.attention import attention_maps
+
+    loaded = _load(run, device)
+    maps = attention_maps(loaded.model, loaded.tokenizer, text)
+    path = plot_attention(maps, out, layer, head)
+    print(
+        f"attention maps: {path} ({len(maps.tokens)} tokens, {maps.weights.shape[0]} layers x "
+        f"{maps.weights.shape[1]} heads)"
+    )
+
+
 def main() -> None:
     try:
         app()

@@ -8,7 +8,7 @@ Where things live, in the order a request meets them:
                    body guard (413 past the size limit, 408 for a stalled body) and the
                    API-key check.
 - `routes.py`      the endpoints (`/v1/models`, `/v1/chat/completions`, `/v1/completions`,
-                   `/health`, the page at `/`); they only parse and delegate.
+                   `/health`, `/metrics`, the page at `/`); they only parse and delegate.
 - `protocol.py`    request bodies (pydantic) and the small JSON shapes (ids, usage, errors).
 - `server.py`      `Server`, the state every route shares: prompts and sampling from a
                    request, submitting to the scheduler, and tokens -> text per choice
@@ -18,6 +18,8 @@ Where things live, in the order a request meets them:
                    a dead or stuck engine thread is reported (503).
 - `responses.py`   whole JSON bodies and SSE chunks; chat vs text completions differ only in
                    a `Kind` (`CHAT`, `COMPLETION`).
+- `metrics.py`     Prometheus counters and histograms (`/metrics`), fed by the scheduler, and
+                   the middleware counting responses by endpoint and status.
 - `errors.py`      `APIError` and the handlers that answer every failure as OpenAI-style JSON.
 - `config.py`      `ServeLimits`; `live.py` holds the uvicorn settings (header deadline,
                    keep-alive, connection limit) and runs the app on a loopback port (tests,

@@ -11,6 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from chatsmith.inference.loading import LoadedRun
 from chatsmith.serving.config import ServeLimits
 from chatsmith.serving.errors import install_error_handlers
+from chatsmith.serving.metrics import CountRequests
 from chatsmith.serving.middleware import LOOPBACK_HOSTS, BodyGuard, CrossSiteGuard
 from chatsmith.serving.routes import STATIC, router
 from chatsmith.serving.server import Server
@@ -47,6 +48,8 @@ def create_app(
     limits = app.state.server.limits
     app.add_middleware(BodyGuard, limit=limits.max_body_bytes, timeout=limits.body_timeout_s)
     app.add_middleware(CrossSiteGuard, allowed_hosts=allowed_hosts)  # added last: runs first
+    # outermost: counts every answer, the guards' refusals included
+    app.add_middleware(CountRequests, metrics=app.state.server.metrics)
     install_error_handlers(app)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

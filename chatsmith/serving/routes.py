@@ -1,4 +1,4 @@
-"""The HTTP routes: OpenAI-compatible `/v1/...`, `/health`, and the chat page at `/`.
+"""The HTTP routes: OpenAI-compatible `/v1/...`, `/health`, `/metrics`, the chat page at `/`.
 
 Routes only parse and delegate: prompts and sampling come from the app's `Server`
 (`app.state.server`, handed in by the `server` dependency), answers from `responses`.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -37,8 +37,16 @@ async def health(request: Request, srv: Server = Depends(server)) -> JSONRespons
     body = {"status": "ok"} if problem is None else {"status": "unavailable", "reason": problem}
     if srv.api_key is None or key_matches(request):
         body["model"] = srv.model_id
-        body.update(srv.scheduler.stats() if srv.scheduler else {})
+        body.update(srv.stats())
     return JSONResponse(body, status_code=200 if problem is None else 503)
+
+
+@router.get("/metrics", include_in_schema=False, dependencies=[Depends(authorize)])
+async def metrics(srv: Server = Depends(server)) -> Response:
+    """Prometheus text format. Traffic figures: with an API key set, only for its holders
+    (as /health's); without one, open like the rest of the server."""
+    body, content_type = srv.metrics.render()
+    return Response(body, media_type=content_type)
 
 
 @router.get("/", include_in_schema=False)

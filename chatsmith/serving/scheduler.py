@@ -51,6 +51,8 @@ class _Job:
     params: SamplingParams
     seq: Generation | None = None
     done: bool = False
+    arrived: float = field(default_factory=time.perf_counter)
+    last_token: float | None = None
 
 
 @dataclass(eq=False)
@@ -64,10 +66,12 @@ class Ticket:
 
 
 class Scheduler:
-    """`stall_s`: a step (prefill or decode) running longer than this counts as stuck."""
+    """`stall_s`: a step (prefill or decode) running longer than this counts as stuck;
+    `metrics` (a serving.metrics.ServeMetrics) is told of admitted prompts and tokens."""
 
-    def __init__(self, engine: Engine, max_queue: int, stall_s: float = 300.0):
+    def __init__(self, engine: Engine, max_queue: int, stall_s: float = 300.0, metrics=None):
         self.engine = engine
+        self.metrics = metrics
         self.capacity = engine.max_batch + max_queue
         self.stall_s = stall_s
         self._cv = threading.Condition()
@@ -235,6 +239,7 @@ class Scheduler:
                 continue
             finally:
                 self._busy_since = None
+            now = time.perf_counter()
             with self._cv:
                 for seq, token in events:
                     job = self._by_seq.get(seq)
@@ -242,9 +247,16 @@ class Scheduler:
                         continue
                     if token is not None:
                         out.setdefault(job.ticket, []).append((job.index, token, None))
+                        self._observe(job, now)
                     if seq.finished:
                         self._finish(job, out, seq.finish_reason)
             self._post(out)
+
+    def _observe(self, job: _Job, now: float) -> None:
+        if self.metrics is not None:
+            gap = None if job.last_token is None else now - job.last_token
+            self.metrics.token(now - job.arrived, gap)
+        job.last_token = now
 
     def _step(self, out: dict) -> list:
         """One decode step for everyone. If the batched pass fails, each sequence is retried
@@ -293,6 +305,8 @@ class Scheduler:
             for job, seq in zip(group, seqs):
                 job.seq = seq
                 self._by_seq[seq] = job
+                if self.metrics is not None:
+                    self.metrics.admitted(len(job.prompt))
 
     @staticmethod
     def _post(out: dict[Ticket, list[Event]]) -> None:

@@ -20,6 +20,7 @@ from chatsmith.inference.loading import LoadedRun
 from chatsmith.inference.streaming import StopFilter, TextStream
 from chatsmith.serving.config import ServeLimits
 from chatsmith.serving.errors import APIError
+from chatsmith.serving.metrics import ServeMetrics
 from chatsmith.serving.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
 from chatsmith.serving.scheduler import (
     FAILED,
@@ -90,11 +91,16 @@ class Server:
             cuda_graph=True,
         )
         self.scheduler: Scheduler | None = None
+        self.metrics = ServeMetrics(self.stats)
+
+    def stats(self) -> dict:
+        """The scheduler's counters and queue ({} while stopped)."""
+        return self.scheduler.stats() if self.scheduler else {}
 
     def start(self) -> None:
         if self.scheduler is None:
             self.scheduler = Scheduler(
-                self.engine, self.limits.max_queue, self.limits.engine_stall_s
+                self.engine, self.limits.max_queue, self.limits.engine_stall_s, self.metrics
             )
 
     def stop(self) -> None:
