@@ -1,15 +1,18 @@
-"""Token streams for language modelling: documents -> one long tensor -> fixed-length windows."""
+"""Token streams for language modelling: documents -> token arrays -> fixed-length windows."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import bisect
+from collections.abc import Iterable, Sequence
 
+import numpy as np
 import torch
 
 from chatsmith.errors import ChatsmithError
 from chatsmith.tokenizer import Tokenizer
 
 ENCODE_CHUNK = 512  # documents per encode_batch call: the Rust side tokenizes them in parallel
+_M64 = (1 << 64) - 1
 
 
 def tokenize_documents(
@@ -40,36 +43,87 @@ def tokenize_documents(
     return tokens[:max_tokens] if max_tokens is not None else tokens
 
 
+def _mix(x: int) -> int:
+    """splitmix64's finalizer: a cheap 64-bit hash with full avalanche."""
+    x = (x + 0x9E3779B97F4A7C15) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def permuted_index(i: int, n: int, key: int) -> int:
+    """Position `i` of a pseudo-random permutation of range(n) chosen by `key`.
+
+    A 4-round Feistel network over the smallest even number of bits that covers n, with cycle
+    walking back into range: a bijection computed in O(1) memory, so a billion windows need
+    no billion-entry shuffle table, and any position can be looked up without the ones before.
+    """
+    half = max(1, ((n - 1).bit_length() + 1) // 2)
+    mask = (1 << half) - 1
+    x = i
+    while True:
+        left, right = x >> half, x & mask
+        for r in range(4):
+            left, right = right, left ^ (_mix(key ^ ((right << 2) | r)) & mask)
+        x = (left << half) | right
+        if x < n:
+            return x
+
+
 class TokenWindows:
     """Shuffled, non-overlapping windows of `seq_len + 1` tokens, drawn `batch_size` at a time.
 
-    The order is a pure function of (seed, epoch), so the loader's whole state is the number
-    of windows drawn so far: resuming needs just that number.
+    `tokens` is one array or a list of them (memory-mapped shards); windows never cross an
+    array's end. The order is a pure function of (seed, position), so the loader's whole state
+    is the number of windows drawn so far. `batch_size` is the global batch: with `world` > 1
+    each rank takes rows [rank * B / world, (rank + 1) * B / world) of it, so N processes read
+    exactly the rows one process would, and a resume may change the number of processes.
     """
 
-    def __init__(self, tokens: torch.Tensor, seq_len: int, batch_size: int, seed: int):
-        self.n_windows = (len(tokens) - 1) // seq_len
+    def __init__(
+        self,
+        tokens: torch.Tensor | np.ndarray | Sequence[torch.Tensor | np.ndarray],
+        seq_len: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+    ):
+        arrays = list(tokens) if isinstance(tokens, (list, tuple)) else [tokens]
+        counts = [max(0, (len(a) - 1) // seq_len) for a in arrays]
+        self.n_windows = sum(counts)
         if self.n_windows < 1:
             raise ChatsmithError(
-                f"the data has {len(tokens)} tokens, fewer than one training sequence "
-                f"({seq_len + 1}); give more text or a shorter --seq-len"
+                f"the data has {sum(len(a) for a in arrays)} tokens, fewer than one training "
+                f"sequence ({seq_len + 1}); give more text or a shorter --seq-len"
             )
-        self.tokens, self.seq_len, self.batch_size, self.seed = tokens, seq_len, batch_size, seed
+        if batch_size % world:
+            raise ChatsmithError(
+                f"batch size {batch_size} does not split evenly over {world} processes; "
+                f"give a --batch-size divisible by {world}"
+            )
+        self.arrays = [a for a, c in zip(arrays, counts) if c]
+        self.starts = np.cumsum([0] + [c for c in counts if c]).tolist()  # first window per array
+        self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
+        self.rank, self.world = rank, world
         self.position = 0
-        self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
 
     def _window(self, index: int) -> torch.Tensor:
         epoch, i = divmod(index, self.n_windows)
-        if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._epoch, self._order = epoch, torch.randperm(self.n_windows, generator=g)
-        start = int(self._order[i]) * self.seq_len
-        return self.tokens[start : start + self.seq_len + 1]
+        w = permuted_index(i, self.n_windows, _mix(self.seed * 1_000_003 + epoch))
+        a = bisect.bisect_right(self.starts, w) - 1
+        start = (w - self.starts[a]) * self.seq_len
+        row = self.arrays[a][start : start + self.seq_len + 1]
+        if isinstance(row, np.ndarray):
+            return torch.from_numpy(row.astype(np.int64))
+        return row.long()
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = torch.stack([self._window(self.position + j) for j in range(self.batch_size)])
+        """This rank's rows of the next global batch, as (inputs, targets)."""
+        local = self.batch_size // self.world
+        first = self.position + self.rank * local
+        rows = torch.stack([self._window(first + j) for j in range(local)])
         self.position += self.batch_size
-        rows = rows.long()
         return rows[:, :-1], rows[:, 1:]
 
     @property
