@@ -81,35 +81,60 @@ class Checkpoint:
     model_config: ModelConfig
     state: dict  # training state: optimizer, RNG, data position, ... (tensors restored)
 
+    @property
+    def is_sharded(self) -> bool:
+        """Written by an FSDP2 run: model and optimizer state in torch.distributed.checkpoint
+        shards (a final checkpoint also has the whole model as model.safetensors)."""
+        return (self.path / "dcp").is_dir()
+
     def model_weights(self) -> dict[str, torch.Tensor]:
         return _load_safetensors(self.path / "model.safetensors")
+
+
+def begin_checkpoint(run_dir: Path, step: int, create: bool = True) -> tuple[Path, Path]:
+    """(final folder, empty temporary folder to write it in) for the checkpoint of `step`;
+    `create=False` only names them (for the processes that write into another's folder)."""
+    root = Path(run_dir) / CHECKPOINTS
+    name = f"step_{step:08d}"
+    final, tmp = root / name, root / f".tmp_{name}"
+    if create:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    return final, tmp
+
+
+def write_state(folder: Path, step: int, cfg: ModelConfig, state: dict) -> None:
+    """The training state: tensors to state.safetensors, the rest to state.json."""
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _split_tree(state, "s", tensors)
+    save_file(tensors, str(folder / "state.safetensors"))
+    write_json_atomic(
+        folder / "state.json", {"step": step, "model_config": cfg.to_dict(), "state": skeleton}
+    )
+
+
+def commit_checkpoint(run_dir: Path, final: Path, tmp: Path, keep_last: int) -> Path:
+    """Rename the written checkpoint into place, point `latest` at it, drop the oldest."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    (Path(run_dir) / (LATEST_FILE + ".tmp")).write_text(final.name)
+    os.replace(Path(run_dir) / (LATEST_FILE + ".tmp"), Path(run_dir) / LATEST_FILE)
+    root = final.parent
+    for old in sorted(p for p in root.iterdir() if p.name.startswith("step_"))[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
 
 
 def save_checkpoint(
     run_dir: Path, step: int, model: torch.nn.Module, cfg: ModelConfig, state: dict, keep_last: int
 ) -> Path:
-    root = Path(run_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
-    name = f"step_{step:08d}"
-    final, tmp = root / name, root / f".tmp_{name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    final, tmp = begin_checkpoint(run_dir, step)
     # save_model keeps one copy of tied weights (embedding = LM head); load_model re-ties them
     save_model(model, str(tmp / "model.safetensors"))
-    tensors: dict[str, torch.Tensor] = {}
-    skeleton = _split_tree(state, "s", tensors)
-    save_file(tensors, str(tmp / "state.safetensors"))
-    write_json_atomic(
-        tmp / "state.json", {"step": step, "model_config": cfg.to_dict(), "state": skeleton}
-    )
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    (Path(run_dir) / (LATEST_FILE + ".tmp")).write_text(name)
-    os.replace(Path(run_dir) / (LATEST_FILE + ".tmp"), Path(run_dir) / LATEST_FILE)
-    for old in sorted(p for p in root.iterdir() if p.name.startswith("step_"))[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+    write_state(tmp, step, cfg, state)
+    return commit_checkpoint(run_dir, final, tmp, keep_last)
 
 
 def latest_checkpoint_dir(run_dir: Path) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,11 +28,23 @@ StepsOpt = typer.Option(None, "--max-steps", help="Budget in optimizer steps.")
 DeviceOpt = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
 SeedOpt = typer.Option(None, "--seed", help="Random seed (default 1337).")
 JsonOpt = typer.Option(False, "--json", help="Print the figures as one JSON object.")
+ParallelOpt = typer.Option(
+    None, "--parallel", help="Under torchrun: ddp (default) or fsdp (shard the model with FSDP2)."
+)
+CheckpointingOpt = typer.Option(
+    False, "--activation-checkpointing", help="Recompute activations in backward: less memory."
+)
+
+
+def _main_process() -> bool:
+    """Under torchrun only rank 0 speaks."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def say(msg: str) -> None:
     """Progress notes go to stderr so that stdout stays clean for figures and generated text."""
-    print(msg, file=sys.stderr, flush=True)
+    if _main_process():
+        print(msg, file=sys.stderr, flush=True)
 
 
 def run_flags(
@@ -57,7 +70,9 @@ def run_flags(
         saved = read_run_info(resume).get("flags", {})
         out = resume
     elif out is None:
-        out = Path("runs") / f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
+        # under torchrun every process must name the same folder: the job's id does
+        stamp = os.environ.get("TORCHELASTIC_RUN_ID") or time.strftime("%Y%m%d-%H%M%S")
+        out = Path("runs") / f"{stage}-{stamp}"
     elif (Path(out) / "latest").exists():
         raise ChatsmithError(f"{out} already holds a run; use --resume {out} or another --out")
     budget = {"max_minutes": max_minutes, "max_steps": max_steps}
@@ -90,6 +105,8 @@ def start_point(start: Optional[Path], resume: Optional[Path], usage: str) -> Op
 
 
 def report(result, as_json: bool, extra: Optional[dict] = None) -> None:
+    if not _main_process():
+        return
     figures = {**result.to_dict(), **(extra or {})}
     if as_json:
         print(json.dumps(figures))
@@ -107,8 +124,8 @@ def report(result, as_json: bool, extra: Optional[dict] = None) -> None:
 def pretrain(
     data: Optional[str] = typer.Option(
         None,
-        help="Text file, folder, .jsonl (text field), .parquet or hf:NAME[:split]. "
-        "Default: the built-in chitchat corpus.",
+        help="Text file, folder, .jsonl (text field), .parquet, hf:NAME[:split], or a folder of "
+        "token shards from chatsmith tokenize. Default: the built-in chitchat corpus.",
     ),
     val_data: Optional[str] = typer.Option(
         None, help="Held-out data (default: the built-in split, or the last 5% of --data)."
@@ -130,6 +147,8 @@ def pretrain(
     ),
     eval_every: Optional[int] = typer.Option(None, help="Steps between held-out evaluations."),
     save_every: Optional[int] = typer.Option(None, help="Steps between checkpoints."),
+    log_every: Optional[int] = typer.Option(None, help="Steps between logged training figures."),
+    warmup_steps: Optional[int] = typer.Option(None, help="Steps of linear learning-rate warmup."),
     compile: Optional[bool] = typer.Option(
         None, "--compile/--no-compile", help="torch.compile (default: on CUDA only)."
     ),
@@ -139,9 +158,11 @@ def pretrain(
     max_steps: Optional[int] = StepsOpt,
     device: str = DeviceOpt,
     seed: Optional[int] = SeedOpt,
+    parallel: Optional[str] = ParallelOpt,
+    activation_checkpointing: bool = CheckpointingOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Train a BPE tokenizer and a GPT from scratch on raw text."""
+    """Train a BPE tokenizer and a GPT from scratch on raw text or token shards."""
     from chatsmith.training.pretrain import PRETRAIN_DEFAULTS
     from chatsmith.training.pretrain import pretrain as run_pretrain
 
@@ -162,13 +183,16 @@ def pretrain(
         optimizer=optimizer,
         eval_every=eval_every,
         save_every=save_every,
+        log_every=log_every,
+        warmup_steps=warmup_steps,
         compile=compile,
     )
     args = merge_args(flags, given, PRETRAIN_DEFAULTS)
+    flags.parallel, flags.activation_checkpointing = parallel, activation_checkpointing
     say(f"run folder: {flags.out}  device: {flags.device}")
     result = run_pretrain(args, flags, flag_info, say=say)
     report(result, as_json)
-    if not as_json:
+    if not as_json and _main_process():
         print(f'next: chatsmith generate {result.run_dir} --prompt "Hi, how are you?"')
 
 
@@ -368,6 +392,8 @@ def sft(
     max_steps: Optional[int] = StepsOpt,
     device: str = DeviceOpt,
     seed: Optional[int] = SeedOpt,
+    parallel: Optional[str] = ParallelOpt,
+    activation_checkpointing: bool = CheckpointingOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Fine-tune a pretrained model on conversations so that it answers as a chat assistant."""
@@ -394,10 +420,11 @@ def sft(
         save_every=save_every,
     )
     args = merge_args(flags, given, SFT_DEFAULTS)
+    flags.parallel, flags.activation_checkpointing = parallel, activation_checkpointing
     say(f"run folder: {flags.out}  device: {flags.device}")
     result = run_sft(args, flags, flag_info, say=say)
     report(result, as_json)
-    if not as_json:
+    if not as_json and _main_process():
         print(f"next: chatsmith chat {result.run_dir}")
 
 

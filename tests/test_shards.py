@@ -149,3 +149,30 @@ def test_tokenize_command(corpus, tok_file, tmp_path):
     assert open_shards(out).train_tokens > 10_000
     r = run_cli("tokenize", str(corpus["train"]), "--tokenizer", str(tmp_path / "no"), "--out", "x")
     assert r.returncode == 1 and r.stderr.startswith("error: no tokenizer at")
+
+
+def test_shards_and_text_train_to_identical_weights(corpus, docs, tmp_path, one_thread):
+    from conftest import tiny_args, tiny_flags
+    from safetensors.torch import load_file
+
+    from chatsmith.checkpoint import latest_checkpoint_dir
+    from chatsmith.training.pretrain import pretrain
+
+    share = 0.004  # one document in 250 held out
+    text = tmp_path / "train.txt"
+    text.write_text("\n\n".join(d for i, d in enumerate(docs) if not _is_val(i, share)))
+    runs = {"text": tmp_path / "text", "shards": tmp_path / "shards-run"}
+    pretrain(tiny_args(corpus, data=str(text)), tiny_flags(runs["text"], 6), quiet=True, say=_quiet)
+    shards = tmp_path / "shards"  # one shard: windows are the same as in one text tensor
+    write_shards(docs, runs["text"] / "tokenizer.json", shards, 10**6, share, workers=1)
+    pretrain(
+        tiny_args(corpus, data=str(shards)), tiny_flags(runs["shards"], 6), quiet=True, say=print
+    )
+    a, b = (load_file(str(latest_checkpoint_dir(r) / "model.safetensors")) for r in runs.values())
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def _quiet(*_):
+    pass

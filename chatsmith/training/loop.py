@@ -28,10 +28,17 @@ from chatsmith.checkpoint import (
     write_json_atomic,
 )
 from chatsmith.errors import ChatsmithError
-from chatsmith.models import ModelConfig
+from chatsmith.models import ModelConfig, model_card
 from chatsmith.runtime import autocast, configure_cuda, rng_state, set_rng_state
 from chatsmith.training.metrics import MetricsLog, OverfitWatch, plot_curves
 from chatsmith.training.optim import build_optimizers, lr_factor, set_lr
+from chatsmith.training.parallel import (
+    ParallelPlan,
+    load_sharded,
+    peak_flops,
+    save_sharded_checkpoint,
+    shard_optimizer_state,
+)
 
 
 class Objective(Protocol):
@@ -66,6 +73,8 @@ class RunFlags:
     max_steps: int | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 1337
+    parallel: str | None = None  # ddp or fsdp (default ddp under torchrun with WORLD_SIZE > 1)
+    activation_checkpointing: bool = False
 
 
 @dataclass
@@ -121,19 +130,32 @@ def train(
     run_info: dict,
     quiet: bool = False,
     on_step: Callable[[int, float, float], None] | None = None,
+    plan: ParallelPlan | None = None,
 ) -> TrainResult:
     """Train `model` with `objective` until the step or time budget is spent.
 
     The caller seeds the RNG (seed_everything) before building the model and objective, so that
     initialisation is reproducible too. `on_step(step, budget_progress, loss)`, if given, is
-    called after every optimizer step (for a caller's own progress display).
+    called after every optimizer step (for a caller's own progress display). `plan` says how
+    this process shares the work with others (one process when None); the caller built the
+    objective to draw this rank's slice of each global batch.
     """
     if not flags.max_steps and not flags.max_minutes:
         raise ChatsmithError("give a budget: --max-steps and/or --max-minutes")
     run_dir, device = Path(flags.out), flags.device
+    plan = plan or ParallelPlan(
+        device=device, activation_checkpointing=flags.activation_checkpointing
+    )
+    main = plan.is_main
     run_dir.mkdir(parents=True, exist_ok=True)
     configure_cuda()
     model.to(device)
+    flops_per_token = model_card(cfg, model)["flops_per_token"]
+    ckpt = load_checkpoint(run_dir) if flags.resume else None
+    sharded_ckpt = ckpt is not None and ckpt.is_sharded
+    if ckpt is not None and not sharded_ckpt:
+        load_model_weights(model, ckpt)  # whole weights go in before the model is sharded
+    plan.prepare(model)
     optimizers = build_optimizers(
         model,
         settings.optimizer,
@@ -143,49 +165,66 @@ def train(
         settings.muon_lr,
     )
     step, elapsed, tokens_seen = 0, 0.0, 0
-    if flags.resume:
-        ckpt = load_checkpoint(run_dir)
-        load_model_weights(model, ckpt)
-        for opt, sd in zip(optimizers, ckpt.state["optimizers"]):
-            opt.load_state_dict(sd)
+    if ckpt is not None:
+        if sharded_ckpt:
+            load_sharded(ckpt.path, model, optimizers)
+        else:
+            for opt, sd in zip(optimizers, ckpt.state["optimizers"]):
+                opt.load_state_dict(sd)
+            shard_optimizer_state(optimizers)
         objective.load_state_dict(ckpt.state["objective"])
         set_rng_state(ckpt.state["rng"])
         step, elapsed, tokens_seen = ckpt.step, ckpt.state["elapsed"], ckpt.state["tokens"]
-    else:
+    elif main:
         write_json_atomic(
             run_dir / RUN_FILE, {**run_info, "model": cfg.to_dict(), "train": asdict(settings)}
         )
     use_compile = settings.compile if settings.compile is not None else device.type == "cuda"
-    fwd_model = torch.compile(model) if use_compile else model
-    metrics = MetricsLog(run_dir, resume_step=step)
+    fwd_model = plan.forward_model(model)
+    fwd_model = torch.compile(fwd_model) if use_compile else fwd_model
+    metrics = MetricsLog(run_dir, resume_step=step) if main else None
     watch = OverfitWatch()
+    peak = peak_flops(device)
 
-    def checkpoint() -> None:
+    def checkpoint(final: bool = False) -> None:
         state = {
-            "optimizers": [opt.state_dict() for opt in optimizers],
             "objective": objective.state_dict(),
             "rng": rng_state(),
             "elapsed": elapsed,
             "tokens": tokens_seen,
         }
-        save_checkpoint(run_dir, step, model, cfg, state, settings.keep_last)
+        if plan.mode == "fsdp":
+            save_sharded_checkpoint(
+                plan, run_dir, step, model, optimizers, cfg, state, settings.keep_last, final
+            )
+            return
+        if main:
+            state["optimizers"] = [opt.state_dict() for opt in optimizers]
+            save_checkpoint(run_dir, step, model, cfg, state, settings.keep_last)
+        plan.barrier()
+
+    def log(record: dict) -> None:
+        if metrics is not None:
+            metrics.write(record)
 
     def evaluate(final: bool = False) -> dict:
-        with autocast(device):
+        with autocast(device):  # every rank evaluates: FSDP2's forward needs them all
             result = objective.evaluate(model, final)
-        metrics.write({"step": step, **result})
+        log({"step": step, **result})
         return result
 
     bar = tqdm(
         total=flags.max_steps,
         initial=step,
-        disable=quiet,
+        disable=quiet or not main,
         file=sys.stderr,
         desc=objective.name,
         dynamic_ncols=True,
         unit="step",
     )
-    note = (lambda _msg: None) if quiet else (lambda msg: bar.write(msg, file=sys.stderr))
+    note = (
+        (lambda _msg: None) if quiet or not main else (lambda msg: bar.write(msg, file=sys.stderr))
+    )
     loss_window: list[float] = []
     step_loss = smooth_loss = math.nan
     model.train()
@@ -199,26 +238,33 @@ def train(
         )
         set_lr(optimizers, factor)
         step_loss, step_tokens, extras = 0.0, 0, {}
-        for _ in range(settings.grad_accum):
+        for micro in range(settings.grad_accum):
             batch = objective.next_batch(model)
-            with autocast(device):
-                loss, extras = objective.loss(fwd_model, batch)
-            if not torch.isfinite(loss):
-                raise ChatsmithError(
-                    f"loss became {loss.item()} at step {step}; lower --lr or check the data"
-                )
-            (loss / settings.grad_accum).backward()
+            with plan.grad_sync(fwd_model, micro == settings.grad_accum - 1):
+                with autocast(device):
+                    loss, extras = objective.loss(fwd_model, batch)
+                if not torch.isfinite(loss):
+                    raise ChatsmithError(
+                        f"loss became {loss.item()} at step {step}; lower --lr or check the data"
+                    )
+                loss = plan.weigh_loss(loss, batch)
+                (loss / settings.grad_accum).backward()
             step_loss += loss.item() / settings.grad_accum
             step_tokens += objective.batch_tokens(batch)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip))
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        grad_norm = plan.grad_norm(norm)
         for opt in optimizers:
             opt.step()
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        elapsed += dt
+        # every rank takes the mean loss, the summed tokens and the slowest clock
+        before = elapsed
+        step_loss, step_tokens, elapsed = plan.reduce_step(
+            step_loss, step_tokens, elapsed + time.perf_counter() - t0
+        )
+        dt = elapsed - before
         step += 1
         tokens_seen += step_tokens
         loss_window.append(step_loss)
@@ -236,7 +282,9 @@ def train(
                 "elapsed_s": elapsed,
                 **extras,
             }
-            metrics.write(record)
+            if peak is not None:  # model FLOPs utilisation over all ranks' accelerators
+                record["mfu"] = tok_s * flops_per_token / (peak * plan.world)
+            log(record)
             loss_window.clear()
         progress = _budget_progress(step, elapsed, flags)
         eta = elapsed / progress * (1 - progress) if progress > 0 else math.nan
@@ -256,11 +304,12 @@ def train(
                 warning = watch.check(smooth_loss, result["val_loss"])
                 if warning:
                     note(f"warning: {warning}")
-                    metrics.write({"step": step, "warning": warning})
+                    log({"step": step, "warning": warning})
         if step % settings.save_every == 0:
             checkpoint()
     bar.close()
     final = evaluate(final=True)
-    checkpoint()
-    plot_curves(run_dir)
+    checkpoint(final=True)
+    if main:
+        plot_curves(run_dir)
     return TrainResult(run_dir, step, elapsed, tokens_seen, final, step_loss)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from chatsmith.data import chitchat
+from chatsmith.data.shards import TokenShards, fingerprint, is_shard_folder, open_shards
 from chatsmith.data.sources import iter_documents
 from chatsmith.data.tokens import TokenWindows, tokenize_documents
 from chatsmith.errors import ChatsmithError
@@ -22,8 +24,9 @@ from chatsmith.models import (
     model_card,
 )
 from chatsmith.runtime import seed_everything
-from chatsmith.tokenizer import Tokenizer
+from chatsmith.tokenizer import TOKENIZER_FILE, Tokenizer
 from chatsmith.training.loop import RunFlags, TrainResult, TrainSettings, train
+from chatsmith.training.parallel import ParallelPlan, plan_from_env
 
 BUILTIN = "builtin:chitchat"
 HELD_OUT_FRACTION = 0.05
@@ -45,6 +48,7 @@ PRETRAIN_DEFAULTS: dict = {
     "optimizer": "muon",
     "eval_every": 200,
     "save_every": 500,
+    "log_every": 10,
     "compile": None,
 }
 
@@ -56,18 +60,22 @@ class LanguageModeling:
 
     def __init__(
         self,
-        train_tokens: torch.Tensor,
+        train_tokens,
         val_tokens: torch.Tensor,
         tok: Tokenizer,
         seq_len: int,
         batch_size: int,
         seed: int,
         device: torch.device,
+        plan: ParallelPlan | None = None,
     ):
-        self.windows = TokenWindows(train_tokens, seq_len, batch_size, seed)
+        """`train_tokens`: one tensor or a list of (memory-mapped) arrays; `batch_size` is the
+        global batch, of which this process draws its plan's slice."""
+        rank, world = (plan.rank, plan.world) if plan is not None else (0, 1)
+        self.windows = TokenWindows(train_tokens, seq_len, batch_size, seed, rank, world)
         self.val_tokens, self.seq_len, self.device = val_tokens, seq_len, device
         self.bytes_per_token = torch.tensor(tok.bytes_per_token, dtype=torch.long)
-        self.eval_batch = batch_size
+        self.eval_batch = max(1, batch_size // world)
 
     def next_batch(self, model: nn.Module) -> dict:
         x, y = self.windows.next_batch()
@@ -124,6 +132,22 @@ def load_corpus(
     return train_docs, val_docs
 
 
+def _shard_data(
+    data: str, out: Path, resume: bool, val_data: str | None, max_text_mb: float, main: bool
+) -> tuple[TokenShards, Tokenizer, list, torch.Tensor]:
+    """Token shards named by --data: their tokenizer becomes the run's (a resumed run checks
+    that they still match it); held-out tokens from --val-data or the shards' own."""
+    shards = open_shards(data, fingerprint(out / TOKENIZER_FILE) if resume else None)
+    tok = shards.tokenizer
+    if not resume and main:
+        tok.save(out)
+    if val_data:
+        val_tokens = tokenize_documents(tok, _take(iter_documents(val_data), max_text_mb * 1e6))
+    else:
+        val_tokens = torch.from_numpy(shards.val().astype("int64"))
+    return shards, tok, shards.train(), val_tokens
+
+
 def model_config(args: dict, vocab_size: int) -> ModelConfig:
     sizes = {
         "vocab_size": vocab_size,
@@ -150,26 +174,29 @@ def pretrain(
     `on_step` is passed to the training loop (for a caller's own progress display)."""
     seed_everything(flags.seed)
     out = Path(flags.out)
-    train_docs, val_docs = load_corpus(args["data"], args.get("val_data"), args["max_text_mb"])
-    if flags.resume:
-        tok = Tokenizer.load(out)
+    plan = plan_from_env(flags.parallel, flags.device, flags.activation_checkpointing)
+    out.mkdir(parents=True, exist_ok=True)
+    if is_shard_folder(args["data"]):
+        shards, tok, train_tokens, val_tokens = _shard_data(
+            args["data"], out, flags.resume, args.get("val_data"), args["max_text_mb"], plan.is_main
+        )
+        n_train = shards.train_tokens
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        say(f"training a {args['vocab_size']}-token BPE tokenizer on {len(train_docs):,} documents")
-        tok = Tokenizer.train(train_docs, args["vocab_size"])
-        tok.save(out)
+        train_tokens, val_tokens, tok = _text_data(args, out, flags.resume, plan.is_main, say)
+        n_train = len(train_tokens)
     cfg = model_config(args, tok.vocab_size)
-    train_tokens = tokenize_documents(tok, train_docs)
-    if val_docs is None:
-        cut = int(len(train_tokens) * (1 - HELD_OUT_FRACTION))
-        train_tokens, val_tokens = train_tokens[:cut], train_tokens[cut:]
-    else:
-        val_tokens = tokenize_documents(tok, val_docs)
     if len(val_tokens) < 2:
         raise ChatsmithError("held-out data is too small to evaluate; give --val-data")
     model = build_model(cfg)
     objective = LanguageModeling(
-        train_tokens, val_tokens, tok, cfg.max_seq_len, args["batch_size"], flags.seed, flags.device
+        train_tokens,
+        val_tokens,
+        tok,
+        cfg.max_seq_len,
+        args["batch_size"],
+        flags.seed,
+        plan.device,
+        plan,
     )
     settings = TrainSettings(
         batch_size=args["batch_size"],
@@ -179,9 +206,34 @@ def pretrain(
         optimizer=args["optimizer"],
         eval_every=args["eval_every"],
         save_every=args["save_every"],
+        log_every=args.get("log_every", 10),
         compile=args["compile"],
     )
-    say(f"data: {len(train_tokens):,} training tokens, {len(val_tokens):,} held-out tokens")
+    say(f"data: {n_train:,} training tokens, {len(val_tokens):,} held-out tokens")
     say(format_card(model_card(cfg, model)))
     info = {"stage": "pretrain", "args": args, "flags": flag_info or {}}
-    return train(model, cfg, objective, settings, flags, info, quiet=quiet, on_step=on_step)
+    flags = replace(flags, device=plan.device)
+    try:
+        return train(model, cfg, objective, settings, flags, info, quiet, on_step, plan)
+    finally:
+        plan.close()
+
+
+def _text_data(
+    args: dict, out: Path, resume: bool, main: bool, say
+) -> tuple[torch.Tensor, torch.Tensor, Tokenizer]:
+    """Text named by --data, tokenized in memory with the run's tokenizer (trained unless
+    resuming); held-out tokens from --val-data or cut from the end."""
+    train_docs, val_docs = load_corpus(args["data"], args.get("val_data"), args["max_text_mb"])
+    if resume:
+        tok = Tokenizer.load(out)
+    else:
+        say(f"training a {args['vocab_size']}-token BPE tokenizer on {len(train_docs):,} documents")
+        tok = Tokenizer.train(train_docs, args["vocab_size"])
+        if main:
+            tok.save(out)
+    train_tokens = tokenize_documents(tok, train_docs)
+    if val_docs is None:
+        cut = int(len(train_tokens) * (1 - HELD_OUT_FRACTION))
+        return train_tokens[:cut], train_tokens[cut:], tok
+    return train_tokens, tokenize_documents(tok, val_docs), tok

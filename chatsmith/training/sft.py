@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -30,6 +31,7 @@ from chatsmith.models import IGNORE_INDEX, build_model, format_card, model_card
 from chatsmith.runtime import seed_everything
 from chatsmith.tokenizer import TOKENIZER_FILE, Tokenizer
 from chatsmith.training.loop import RunFlags, TrainResult, TrainSettings, train
+from chatsmith.training.parallel import ParallelPlan, plan_from_env
 
 QUICK_EVAL_EXAMPLES = 128
 
@@ -135,7 +137,14 @@ class SFT:
         batch_size: int,
         seed: int,
         device: torch.device,
+        plan: ParallelPlan | None = None,
     ):
+        """`batch_size` is the global batch; this process draws its plan's slice of it."""
+        self.rank, self.world = (plan.rank, plan.world) if plan is not None else (0, 1)
+        if batch_size % self.world:
+            raise ChatsmithError(
+                f"batch size {batch_size} does not split evenly over {self.world} processes"
+            )
         if not train_examples:
             raise ChatsmithError(
                 "no training examples: no conversation has an assistant turn "
@@ -160,7 +169,9 @@ class SFT:
         return int(self._order[i])
 
     def next_batch(self, model: nn.Module) -> dict:
-        batch = [self.train[self._index(self.position + j)] for j in range(self.batch_size)]
+        local = self.batch_size // self.world
+        first = self.position + self.rank * local
+        batch = [self.train[self._index(first + j)] for j in range(local)]
         self.position += self.batch_size
         x, y = pad_batch(batch, self.tok.pad_id)
         return {
@@ -259,6 +270,7 @@ def sft(
         raise ChatsmithError("give --data or --task, not both")
     seed_everything(flags.seed)
     out = Path(flags.out)
+    plan = plan_from_env(flags.parallel, flags.device, flags.activation_checkpointing)
     base_run = Path(args["base_run"])
     if not flags.resume and out.resolve() == base_run.resolve():
         raise ChatsmithError("--out must be a new folder, not the base run itself")
@@ -278,8 +290,11 @@ def sft(
     if not flags.resume:
         load_model_weights(model, ckpt)  # the loop loads the SFT checkpoint itself on resume
         out.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(base_run / TOKENIZER_FILE, out / TOKENIZER_FILE)
-    objective = SFT(train_examples, val_examples, tok, args["batch_size"], flags.seed, flags.device)
+        if plan.is_main:
+            shutil.copyfile(base_run / TOKENIZER_FILE, out / TOKENIZER_FILE)
+    objective = SFT(
+        train_examples, val_examples, tok, args["batch_size"], flags.seed, plan.device, plan
+    )
     settings = TrainSettings(
         batch_size=args["batch_size"],
         grad_accum=args["grad_accum"],
@@ -304,4 +319,8 @@ def sft(
         "base_run": str(base_run),
         "base_step": base_step,
     }
-    return train(model, cfg, objective, settings, flags, info, quiet=quiet, on_step=on_step)
+    flags = replace(flags, device=plan.device)
+    try:
+        return train(model, cfg, objective, settings, flags, info, quiet, on_step, plan)
+    finally:
+        plan.close()
