@@ -42,10 +42,11 @@ def _quiet(*_):
     pass
 
 
-def torchrun(*args: str, nproc: int = 2, timeout: float = 240) -> subprocess.CompletedProcess:
-    """`torchrun --standalone -m chatsmith pretrain ...` with this worktree's chatsmith."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    cmd += [f"--nproc-per-node={nproc}", "-m", "chatsmith", "pretrain", *args]
+def torchrun(*args: str, stage: str = "pretrain", timeout: float = 240):
+    """`torchrun --standalone --nproc-per-node 2 -m chatsmith STAGE ...` with this worktree's
+    chatsmith."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    cmd += ["-m", "chatsmith", stage, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env())
 
 
@@ -126,6 +127,23 @@ def test_one_process_checkpoint_resumes_in_two_fsdp_processes(corpus, reference,
     assert_same_losses(losses(reference), losses(out))
     assert load_checkpoint(out).is_sharded
     assert_same_weights(weights(step_dir(reference, STEPS)), weights(latest_checkpoint_dir(out)))
+
+
+def test_two_process_sft_trains_as_one_process(tiny_run, tmp_path, one_thread):
+    """Padded chat batches: ranks hold different numbers of learned tokens, so the loss must
+    be weighted by them to match one process."""
+    from chatsmith.training.sft import SFT_DEFAULTS, sft
+
+    over = dict(base_run=str(tiny_run), max_conversations=200, eval_every=1000, save_every=1000)
+    one = tmp_path / "one"
+    sft({**SFT_DEFAULTS, **over}, tiny_flags(one, 10), quiet=True, say=_quiet)
+    two = tmp_path / "two"
+    flags = ["--max-conversations=200", "--eval-every=1000", "--save-every=1000"]
+    flags += ["--max-steps=10", "--seed=7", "--device=cpu", "--out", str(two)]
+    r = torchrun(str(tiny_run), *flags, stage="sft")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_same_losses(losses(one), losses(two))
+    assert_same_weights(weights(latest_checkpoint_dir(one)), weights(latest_checkpoint_dir(two)))
 
 
 def test_a_killed_rank_ends_the_job_with_an_error(corpus, tmp_path):

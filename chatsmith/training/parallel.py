@@ -188,11 +188,6 @@ def _device_id(device: torch.device) -> torch.device | None:
     return device if device.type == "cuda" else None
 
 
-def is_main_process() -> bool:
-    """Rank 0, or the only process: the one that prints (usable before any group exists)."""
-    return os.environ.get("RANK", "0") == "0"
-
-
 def peak_flops(device: torch.device) -> float | None:
     """Dense bf16 peak of one accelerator, when it is a known one (for MFU)."""
     if device.type != "cuda":

@@ -1,0 +1,92 @@
+"""Scale-out benchmarks on CPU: `chatsmith tokenize` throughput and 2-process step time.
+
+    python benchmarks/distributed_cpu.py tokenize [--workers 1 2]
+    python benchmarks/distributed_cpu.py steps [--steps 30]
+
+`tokenize` writes the built-in corpus (~12 MB) to a file and times the shard writer on it with
+each number of worker processes, next to the in-memory tokenizing that text runs use.
+`steps` runs the same pretraining (narrow preset, global batch 16 x 256) as one process and as
+`torchrun --nproc-per-node 2` with DDP and FSDP2, both on all the machine's cores, and reports
+the median step time from each run's metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench_tokenize(workers: list[int]) -> dict:
+    from chatsmith.data import chitchat
+    from chatsmith.data.shards import write_shards
+    from chatsmith.data.sources import iter_documents
+    from chatsmith.data.tokens import tokenize_documents
+    from chatsmith.tokenizer import Tokenizer
+
+    tmp = Path(tempfile.mkdtemp())
+    corpus = tmp / "corpus.txt"
+    corpus.write_text("\n\n".join(chitchat.documents("train")))
+    docs = list(iter_documents(corpus))
+    mb = sum(len(d.encode()) for d in docs) / 1e6
+    tok = Tokenizer.train(docs[:2000], 2048)
+    tok_file = tok.save(tmp)
+    t0 = time.perf_counter()
+    tokens = len(tokenize_documents(tok, docs))
+    result = {"mb": mb, "tokens": tokens, "in_memory_mb_s": mb / (time.perf_counter() - t0)}
+    for n in workers:
+        t0 = time.perf_counter()
+        write_shards(iter_documents(corpus), tok_file, tmp / f"shards{n}", 10**6, 0.005, n)
+        result[f"shards_{n}_workers_mb_s"] = mb / (time.perf_counter() - t0)
+    return result
+
+
+def _median_step(run: Path) -> float:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    clock = [r["elapsed_s"] for r in records if "elapsed_s" in r]
+    steps = [b - a for a, b in zip(clock, clock[1:])][2:]  # the first steps warm up
+    return statistics.median(steps)
+
+
+def bench_steps(steps: int) -> dict:
+    tmp = Path(tempfile.mkdtemp())
+    common = ["pretrain", f"--max-steps={steps}", "--log-every=1", "--eval-every=100000"]
+    common += ["--save-every=100000", "--device=cpu"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    runs = {
+        "1 process": [sys.executable, "-m", "chatsmith"],
+        "2 processes, DDP": [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        + ["--nproc-per-node=2", "-m", "chatsmith"],
+    }
+    runs["2 processes, FSDP2"] = runs["2 processes, DDP"]
+    result = {}
+    for i, (name, cmd) in enumerate(runs.items()):
+        extra = ["--parallel=fsdp"] if "FSDP" in name else []
+        out = tmp / f"run{i}"
+        proc = subprocess.run([*cmd, *common, *extra, "--out", str(out)], env=env, text=True)
+        if proc.returncode:
+            raise SystemExit(f"{name} failed")
+        result[name] = _median_step(out)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["tokenize", "steps"])
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--steps", type=int, default=30)
+    a = ap.parse_args()
+    figures = bench_tokenize(a.workers) if a.what == "tokenize" else bench_steps(a.steps)
+    print(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), **figures}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
