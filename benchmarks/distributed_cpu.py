@@ -5,9 +5,9 @@
 
 `tokenize` writes the built-in corpus (~12 MB) to a file and times the shard writer on it with
 each number of worker processes, next to the in-memory tokenizing that text runs use.
-`steps` runs the same pretraining (narrow preset, global batch 16 x 256) as one process and as
-`torchrun --nproc-per-node 2` with DDP and FSDP2, both on all the machine's cores, and reports
-the median step time from each run's metrics.
+`steps` runs the same pretraining (narrow preset, global batch 16 x 256) as one process (with
+one and two threads) and as `torchrun --nproc-per-node 2` with DDP and FSDP2 (one thread per
+process), and reports the median step time from each run's metrics.
 """
 
 from __future__ import annotations
@@ -60,16 +60,18 @@ def bench_steps(steps: int) -> dict:
     tmp = Path(tempfile.mkdtemp())
     common = ["pretrain", f"--max-steps={steps}", "--log-every=1", "--eval-every=100000"]
     common += ["--save-every=100000", "--device=cpu"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    runs = {
-        "1 process": [sys.executable, "-m", "chatsmith"],
-        "2 processes, DDP": [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-        + ["--nproc-per-node=2", "-m", "chatsmith"],
+    one = [sys.executable, "-m", "chatsmith"]
+    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    two += ["-m", "chatsmith"]
+    runs = {  # name: (command, extra flags, threads per process)
+        "1 process, 1 thread": (one, [], 1),
+        "1 process, 2 threads": (one, [], 2),
+        "2 processes, DDP": (two, [], 1),
+        "2 processes, FSDP2": (two, ["--parallel=fsdp"], 1),
     }
-    runs["2 processes, FSDP2"] = runs["2 processes, DDP"]
     result = {}
-    for i, (name, cmd) in enumerate(runs.items()):
-        extra = ["--parallel=fsdp"] if "FSDP" in name else []
+    for i, (name, (cmd, extra, threads)) in enumerate(runs.items()):
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
         out = tmp / f"run{i}"
         proc = subprocess.run([*cmd, *common, *extra, "--out", str(out)], env=env, text=True)
         if proc.returncode:

@@ -166,7 +166,7 @@ def test_shards_and_text_train_to_identical_weights(corpus, docs, tmp_path, one_
     shards = tmp_path / "shards"  # one shard: windows are the same as in one text tensor
     write_shards(docs, runs["text"] / "tokenizer.json", shards, 10**6, share, workers=1)
     pretrain(
-        tiny_args(corpus, data=str(shards)), tiny_flags(runs["shards"], 6), quiet=True, say=print
+        tiny_args(corpus, data=str(shards)), tiny_flags(runs["shards"], 6), quiet=True, say=_quiet
     )
     a, b = (load_file(str(latest_checkpoint_dir(r) / "model.safetensors")) for r in runs.values())
     assert a.keys() == b.keys()

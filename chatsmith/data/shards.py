@@ -78,6 +78,12 @@ def _init_worker(tokenizer_file: str) -> None:
     _tok = Tokenizer.load(tokenizer_file)
 
 
+def _init_pool_worker(tokenizer_file: str) -> None:
+    # the processes are the parallelism: no Rust thread pool in each (nor its fork warning)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _init_worker(tokenizer_file)
+
+
 def _encode(task: tuple[int, list[str], float, str]):
     """(first doc index, docs, val share, dtype) -> train tokens, their doc ids and lengths,
     held-out tokens, their doc ids and lengths."""
@@ -120,7 +126,7 @@ def _ordered_map(fn, tasks: Iterable, workers: int, tokenizer_file: str) -> Iter
         _init_worker(tokenizer_file)
         yield from map(fn, tasks)
         return
-    with mp.get_context().Pool(workers, _init_worker, (tokenizer_file,)) as pool:
+    with mp.get_context().Pool(workers, _init_pool_worker, (tokenizer_file,)) as pool:
         pending: deque = deque()
         for task in tasks:
             pending.append(pool.apply_async(fn, (task,)))
