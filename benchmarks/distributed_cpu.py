@@ -2,12 +2,14 @@
 
     python benchmarks/distributed_cpu.py tokenize [--workers 1 2]
     python benchmarks/distributed_cpu.py steps [--steps 30]
+    python benchmarks/distributed_cpu.py gpu [--steps 30]
 
 `tokenize` writes the built-in corpus (~12 MB) to a file and times the shard writer on it with
 each number of worker processes, next to the in-memory tokenizing that text runs use.
 `steps` runs the same pretraining (narrow preset, global batch 16 x 256) as one process (with
 one and two threads) and as `torchrun --nproc-per-node 2` with DDP and FSDP2 (one thread per
-process), and reports the median step time from each run's metrics.
+process), and reports the median step time from each run's metrics. `gpu` compares one GPU
+through the plain path with one GPU through FSDP2 (a group of one), by median tokens/s.
 """
 
 from __future__ import annotations
@@ -80,13 +82,32 @@ def bench_steps(steps: int) -> dict:
     return result
 
 
+def bench_gpu(steps: int) -> dict:
+    tmp = Path(tempfile.mkdtemp())
+    common = ["-m", "chatsmith", "pretrain", f"--max-steps={steps}", "--log-every=1"]
+    common += ["--eval-every=100000", "--save-every=100000", "--device=cuda"]
+    common += ["--preset=gpt2-small", "--seq-len=1024", "--batch-size=16"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = {}
+    for name, extra in {"plain": [], "fsdp2, 1 process": ["--parallel=fsdp"]}.items():
+        out = tmp / name.replace(" ", "_").replace(",", "")
+        cmd = [sys.executable, *common, *extra, "--out", str(out)]
+        if subprocess.run(cmd, env=env).returncode:
+            raise SystemExit(f"{name} failed")
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        rates = [r["tokens_per_s"] for r in records if "tokens_per_s" in r][3:]
+        result[name] = statistics.median(rates)
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["tokenize", "steps"])
+    ap.add_argument("what", choices=["tokenize", "steps", "gpu"])
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--steps", type=int, default=30)
     a = ap.parse_args()
-    figures = bench_tokenize(a.workers) if a.what == "tokenize" else bench_steps(a.steps)
+    bench = {"tokenize": lambda: bench_tokenize(a.workers), "steps": lambda: bench_steps(a.steps)}
+    figures = bench.get(a.what, lambda: bench_gpu(a.steps))()
     print(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), **figures}, indent=2))
 
 

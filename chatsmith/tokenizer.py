@@ -67,6 +67,12 @@ class Tokenizer:
         self.special_ids = frozenset(hf.token_to_id(t) for t in SPECIAL_TOKENS)
 
     @property
+    def stop_ids(self) -> tuple[int, int]:
+        """Tokens that end a chat reply: `<|end|>`, or `<|bos|>` (a model that skips the end
+        marker and starts a new document has finished its reply too)."""
+        return (self.end_id, self.bos_id)
+
+    @property
     def vocab_size(self) -> int:
         return self.hf.get_vocab_size()
 
@@ -130,9 +136,6 @@ class Tokenizer:
         )
         hf.train_from_iterator(texts, trainer=trainer)
         return cls(hf)
-
-    def summary(self) -> dict:
-        return {"vocab_size": self.vocab_size, "special_tokens": SPECIAL_TOKENS}
 
 
 _BYTE_DECODER = _byte_decoder()

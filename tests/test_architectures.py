@@ -9,9 +9,12 @@ from conftest import tiny_flags
 
 from chatsmith.data.tokens import TokenWindows
 from chatsmith.models import ModelConfig, build_model
-from chatsmith.training.loop import TrainSettings, train
+from chatsmith.reporting import Reporter
+from chatsmith.training.config import TrainConfig
+from chatsmith.training.loop import train
+from chatsmith.training.masked_lm import MaskedLM
 from chatsmith.training.metrics import read_metrics
-from chatsmith.training.objectives import MaskedLM, Seq2Seq
+from chatsmith.training.seq2seq import Seq2Seq
 
 VOCAB = 40
 
@@ -76,7 +79,7 @@ def test_masked_lm_trains_in_the_shared_loop(tmp_path):
         device=torch.device("cpu"),
         seed=0,
     )
-    settings = TrainSettings(batch_size=16, lr=1e-2, warmup_steps=5, eval_every=50, log_every=5)
+    settings = TrainConfig(batch_size=16, lr=1e-2, warmup_steps=5, eval_every=50, log_every=5)
     train(
         build_model(model_cfg),
         model_cfg,
@@ -84,7 +87,7 @@ def test_masked_lm_trains_in_the_shared_loop(tmp_path):
         settings,
         tiny_flags(tmp_path, 150),
         {"stage": "masked-lm"},
-        quiet=True,
+        Reporter(quiet=True),
     )
     vals = losses(tmp_path)
     uniform = math.log(VOCAB - 2)
@@ -102,7 +105,7 @@ def test_seq2seq_learns_to_reverse(tmp_path):
     objective = Seq2Seq(
         pairs[:260], pairs[260:], bos_id=1, pad_id=0, batch_size=16, device=torch.device("cpu")
     )
-    settings = TrainSettings(batch_size=16, lr=3e-3, warmup_steps=5, eval_every=30, log_every=5)
+    settings = TrainConfig(batch_size=16, lr=3e-3, warmup_steps=5, eval_every=30, log_every=5)
     train(
         build_model(model_cfg),
         model_cfg,
@@ -110,7 +113,7 @@ def test_seq2seq_learns_to_reverse(tmp_path):
         settings,
         tiny_flags(tmp_path, 120),
         {"stage": "seq2seq"},
-        quiet=True,
+        Reporter(quiet=True),
     )
     vals = losses(tmp_path)
     uniform = math.log(VOCAB - 3)

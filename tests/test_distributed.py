@@ -18,6 +18,7 @@ from conftest import tiny_args, tiny_flags
 from safetensors.torch import load_file
 
 from chatsmith.checkpoint import latest_checkpoint_dir, load_checkpoint
+from chatsmith.reporting import Reporter
 from chatsmith.training.metrics import read_metrics
 from chatsmith.training.pretrain import pretrain
 
@@ -38,8 +39,7 @@ ARGS = dict(
 )
 
 
-def _quiet(*_):
-    pass
+QUIET = Reporter(quiet=True)
 
 
 def torchrun(*args: str, stage: str = "pretrain", timeout: float = 240):
@@ -86,7 +86,7 @@ def assert_same_weights(a: dict, b: dict) -> None:
 def reference(corpus, tmp_path_factory, one_thread) -> Path:
     """One process, STEPS steps, a checkpoint at HALF kept."""
     out = tmp_path_factory.mktemp("ref") / "run"
-    pretrain(tiny_args(corpus, **ARGS), tiny_flags(out, STEPS), quiet=True, say=_quiet)
+    pretrain(tiny_args(corpus, **ARGS), tiny_flags(out, STEPS), QUIET)
     return out
 
 
@@ -112,14 +112,14 @@ def test_fsdp_checkpoint_from_two_processes_resumes_in_one(corpus, reference, tm
     assert len(list((ckpt.path / "dcp").glob("*.distcp"))) == 2  # one file of shards per rank
     # the final checkpoint also holds the whole model, as one process writes it
     assert_same_weights(weights(step_dir(reference, HALF)), weights(ckpt.path))
-    pretrain(tiny_args(corpus, **ARGS), tiny_flags(out, STEPS, resume=True), quiet=True, say=_quiet)
+    pretrain(tiny_args(corpus, **ARGS), tiny_flags(out, STEPS, resume=True), QUIET)
     assert_same_losses(losses(reference), losses(out))
     assert_same_weights(weights(step_dir(reference, STEPS)), weights(latest_checkpoint_dir(out)))
 
 
 def test_one_process_checkpoint_resumes_in_two_fsdp_processes(corpus, reference, tmp_path):
     out = tmp_path / "one"
-    pretrain(tiny_args(corpus, **ARGS), tiny_flags(out, HALF), quiet=True, say=_quiet)
+    pretrain(tiny_args(corpus, **ARGS), tiny_flags(out, HALF), QUIET)
     r = torchrun(
         *cli_args(corpus, out, STEPS, resume=True), "--parallel=fsdp", "--activation-checkpointing"
     )
@@ -132,11 +132,12 @@ def test_one_process_checkpoint_resumes_in_two_fsdp_processes(corpus, reference,
 def test_two_process_sft_trains_as_one_process(tiny_run, tmp_path, one_thread):
     """Padded chat batches: ranks hold different numbers of learned tokens, so the loss must
     be weighted by them to match one process."""
-    from chatsmith.training.sft import SFT_DEFAULTS, sft
+    from chatsmith.training.config import SFTConfig
+    from chatsmith.training.sft import sft
 
     over = dict(base_run=str(tiny_run), max_conversations=200, eval_every=1000, save_every=1000)
     one = tmp_path / "one"
-    sft({**SFT_DEFAULTS, **over}, tiny_flags(one, 10), quiet=True, say=_quiet)
+    sft(SFTConfig(**over), tiny_flags(one, 10), QUIET)
     two = tmp_path / "two"
     flags = ["--max-conversations=200", "--eval-every=1000", "--save-every=1000"]
     flags += ["--max-steps=10", "--seed=7", "--device=cpu", "--out", str(two)]

@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import run_cli
 
+from chatsmith.data.batching import permuted_index
 from chatsmith.data.shards import (
     INDEX_FILE,
     _is_val,
@@ -17,11 +18,13 @@ from chatsmith.data.shards import (
     write_shards,
 )
 from chatsmith.data.sources import iter_documents
-from chatsmith.data.tokens import TokenWindows, permuted_index, tokenize_documents
+from chatsmith.data.tokens import TokenWindows, tokenize_documents
 from chatsmith.errors import ChatsmithError
+from chatsmith.reporting import Reporter
 from chatsmith.tokenizer import Tokenizer
 
 SHARE = 0.05
+QUIET = Reporter(quiet=True)
 
 
 @pytest.fixture(scope="module")
@@ -162,17 +165,11 @@ def test_shards_and_text_train_to_identical_weights(corpus, docs, tmp_path, one_
     text = tmp_path / "train.txt"
     text.write_text("\n\n".join(d for i, d in enumerate(docs) if not _is_val(i, share)))
     runs = {"text": tmp_path / "text", "shards": tmp_path / "shards-run"}
-    pretrain(tiny_args(corpus, data=str(text)), tiny_flags(runs["text"], 6), quiet=True, say=_quiet)
+    pretrain(tiny_args(corpus, data=str(text)), tiny_flags(runs["text"], 6), QUIET)
     shards = tmp_path / "shards"  # one shard: windows are the same as in one text tensor
     write_shards(docs, runs["text"] / "tokenizer.json", shards, 10**6, share, workers=1)
-    pretrain(
-        tiny_args(corpus, data=str(shards)), tiny_flags(runs["shards"], 6), quiet=True, say=_quiet
-    )
+    pretrain(tiny_args(corpus, data=str(shards)), tiny_flags(runs["shards"], 6), QUIET)
     a, b = (load_file(str(latest_checkpoint_dir(r) / "model.safetensors")) for r in runs.values())
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-
-
-def _quiet(*_):
-    pass

@@ -8,11 +8,11 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
+from chatsmith.data.batching import EpochOrder
 from chatsmith.errors import ChatsmithError
 from chatsmith.tokenizer import Tokenizer
 
 ENCODE_CHUNK = 512  # documents per encode_batch call: the Rust side tokenizes them in parallel
-_M64 = (1 << 64) - 1
 
 
 def tokenize_documents(
@@ -43,39 +43,12 @@ def tokenize_documents(
     return tokens[:max_tokens] if max_tokens is not None else tokens
 
 
-def _mix(x: int) -> int:
-    """splitmix64's finalizer: a cheap 64-bit hash with full avalanche."""
-    x = (x + 0x9E3779B97F4A7C15) & _M64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
-    return x ^ (x >> 31)
-
-
-def permuted_index(i: int, n: int, key: int) -> int:
-    """Position `i` of a pseudo-random permutation of range(n) chosen by `key`.
-
-    A 4-round Feistel network over the smallest even number of bits that covers n, with cycle
-    walking back into range: a bijection computed in O(1) memory, so a billion windows need
-    no billion-entry shuffle table, and any position can be looked up without the ones before.
-    """
-    half = max(1, ((n - 1).bit_length() + 1) // 2)
-    mask = (1 << half) - 1
-    x = i
-    while True:
-        left, right = x >> half, x & mask
-        for r in range(4):
-            left, right = right, left ^ (_mix(key ^ ((right << 2) | r)) & mask)
-        x = (left << half) | right
-        if x < n:
-            return x
-
-
 class TokenWindows:
     """Shuffled, non-overlapping windows of `seq_len + 1` tokens, drawn `batch_size` at a time.
 
     `tokens` is one array or a list of them (memory-mapped shards); windows never cross an
-    array's end. The order is a pure function of (seed, position), so the loader's whole state
-    is the number of windows drawn so far. `batch_size` is the global batch: with `world` > 1
+    array's end. The order is an `EpochOrder`, so the loader's whole state is the number of
+    windows drawn so far. `batch_size` is the global batch: with `world` > 1
     each rank takes rows [rank * B / world, (rank + 1) * B / world) of it, so N processes read
     exactly the rows one process would, and a resume may change the number of processes.
     """
@@ -107,10 +80,10 @@ class TokenWindows:
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.rank, self.world = rank, world
         self.position = 0
+        self.order = EpochOrder(self.n_windows, seed)
 
     def _window(self, index: int) -> torch.Tensor:
-        epoch, i = divmod(index, self.n_windows)
-        w = permuted_index(i, self.n_windows, _mix(self.seed * 1_000_003 + epoch))
+        w = self.order[index]
         a = bisect.bisect_right(self.starts, w) - 1
         start = (w - self.starts[a]) * self.seq_len
         row = self.arrays[a][start : start + self.seq_len + 1]

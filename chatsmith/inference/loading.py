@@ -34,10 +34,7 @@ class LoadedRun:
         return self.path.resolve().name
 
     def engine(self, max_batch: int = 1) -> Engine:
-        tok = self.tokenizer
-        return Engine(
-            self.model, stop_ids=[tok.end_id, tok.bos_id], max_batch=max_batch, cuda_graph=True
-        )
+        return Engine(self.model, self.tokenizer.stop_ids, max_batch=max_batch, cuda_graph=True)
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "auto") -> LoadedRun:

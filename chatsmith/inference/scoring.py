@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from chatsmith.data.batching import pad_right
+from chatsmith.models import IGNORE_INDEX
 
 
 @dataclass
@@ -26,6 +31,39 @@ def bits_per_byte(total_nats: float, total_bytes: int) -> float:
 
 
 @torch.no_grad()
+def score_batches(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    bytes_per_token: torch.Tensor,
+    autocast=None,
+    progress=None,
+) -> Score:
+    """Loss and bits per byte over (inputs, targets) batches; targets equal to IGNORE_INDEX
+    (padding, prompt tokens) are not scored. The model is in eval mode meanwhile."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    bpt = bytes_per_token.to(device)
+    total_nats, total_bytes, total_tokens = 0.0, 0, 0
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        with autocast() if autocast else contextlib.nullcontext():
+            _, nats = model(x, y, reduction="none")
+        valid = y != IGNORE_INDEX
+        total_nats += float(nats[valid].sum())
+        total_bytes += int(bpt[y[valid]].sum())
+        total_tokens += int(valid.sum())
+        if progress is not None:
+            progress(len(x))
+    model.train(was_training)
+    return Score(
+        total_nats / max(total_tokens, 1),
+        bits_per_byte(total_nats, total_bytes),
+        total_tokens,
+        total_bytes,
+    )
+
+
 def score_tokens(
     model: nn.Module,
     tokens: torch.Tensor,
@@ -41,37 +79,17 @@ def score_tokens(
     Special tokens (0 bytes) are predicted too and add to the loss but not to the byte count,
     as the metric is defined for nanoGPT/nanochat-style evaluation.
     """
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     if max_tokens is not None:
         tokens = tokens[: max_tokens + 1]
     n_windows = max(1, math.ceil((len(tokens) - 1) / seq_len))
-    total_nats, total_bytes, total_tokens = 0.0, 0, 0
     starts = list(range(0, n_windows * seq_len, seq_len))
-    bpt = bytes_per_token.to(device)
-    for b in range(0, len(starts), batch_size):
-        chunk = [tokens[s : s + seq_len + 1].long() for s in starts[b : b + batch_size]]
-        width = max(len(c) for c in chunk)
-        x = torch.full((len(chunk), width - 1), 0, dtype=torch.long)
-        y = torch.full((len(chunk), width - 1), -1, dtype=torch.long)
-        for i, c in enumerate(chunk):
-            x[i, : len(c) - 1], y[i, : len(c) - 1] = c[:-1], c[1:]
-        x, y = x.to(device), y.to(device)
-        ctx = autocast() if autocast else torch.autocast("cpu", enabled=False)
-        with ctx:
-            _, nats = model(x, y, reduction="none")
-        valid = y >= 0
-        total_nats += float(nats[valid].sum())
-        total_bytes += int(bpt[y[valid]].sum())
-        total_tokens += int(valid.sum())
-        if progress is not None:
-            progress(len(chunk))
-    if was_training:
-        model.train()
-    return Score(
-        total_nats / max(total_tokens, 1),
-        bits_per_byte(total_nats, total_bytes),
-        total_tokens,
-        total_bytes,
-    )
+
+    def batches():
+        for b in range(0, len(starts), batch_size):
+            chunk = [tokens[s : s + seq_len + 1].tolist() for s in starts[b : b + batch_size]]
+            yield (
+                pad_right([c[:-1] for c in chunk], 0),
+                pad_right([c[1:] for c in chunk], IGNORE_INDEX),
+            )
+
+    return score_batches(model, batches(), bytes_per_token, autocast, progress)

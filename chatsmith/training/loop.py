@@ -9,16 +9,13 @@ the loss is computed, and what "held-out" means.
 from __future__ import annotations
 
 import math
-import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from chatsmith.checkpoint import (
     RUN_FILE,
@@ -29,11 +26,14 @@ from chatsmith.checkpoint import (
 )
 from chatsmith.errors import ChatsmithError
 from chatsmith.models import ModelConfig, model_card
+from chatsmith.reporting import Reporter
 from chatsmith.runtime import autocast, configure_cuda, rng_state, set_rng_state
+from chatsmith.training.config import RunConfig, TrainConfig
 from chatsmith.training.metrics import MetricsLog, OverfitWatch, plot_curves
 from chatsmith.training.optim import build_optimizers, lr_factor, set_lr
 from chatsmith.training.parallel import (
     ParallelPlan,
+    load_full_weights,
     load_sharded,
     peak_flops,
     save_sharded_checkpoint,
@@ -64,40 +64,6 @@ class Objective(Protocol):
 
 
 @dataclass
-class RunFlags:
-    """The flags every training stage takes, with the same meaning everywhere."""
-
-    out: Path
-    resume: bool = False
-    max_minutes: float | None = None
-    max_steps: int | None = None
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    seed: int = 1337
-    parallel: str | None = None  # ddp or fsdp (default ddp under torchrun with WORLD_SIZE > 1)
-    activation_checkpointing: bool = False
-
-
-@dataclass
-class TrainSettings:
-    batch_size: int = 16
-    grad_accum: int = 1
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 30
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    optimizer: str = "adamw"
-    muon_lr: float = 0.02
-    eval_every: int = 200
-    log_every: int = 10
-    save_every: int = 500
-    keep_last: int = 3
-    compile: bool | None = None  # None: on for CUDA, off elsewhere
-
-
-@dataclass
 class TrainResult:
     run_dir: Path
     step: int
@@ -112,204 +78,235 @@ class TrainResult:
         return d
 
 
-def _budget_progress(step: int, elapsed: float, flags: RunFlags) -> float:
+def _budget_progress(step: int, elapsed: float, run: RunConfig) -> float:
     parts = []
-    if flags.max_steps:
-        parts.append(step / flags.max_steps)
-    if flags.max_minutes:
-        parts.append(elapsed / (flags.max_minutes * 60))
+    if run.max_steps:
+        parts.append(step / run.max_steps)
+    if run.max_minutes:
+        parts.append(elapsed / (run.max_minutes * 60))
     return max(parts) if parts else 0.0
+
+
+class Trainer:
+    """One training run: `fit` repeats `step` until the budget is spent, evaluating and
+    checkpointing on the way. State that resume restores lives in `step`, `elapsed`,
+    `tokens_seen`, the optimizers, the objective and the RNG.
+
+    `plan` says how this process shares the work with others (see training/parallel.py); the
+    loop calls its hooks, which do nothing in a single process."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: ModelConfig,
+        objective: Objective,
+        config: TrainConfig,
+        run: RunConfig,
+        reporter: Reporter,
+        plan: ParallelPlan,
+    ):
+        self.model, self.cfg, self.objective = model, cfg, objective
+        self.config, self.run, self.reporter = config, run, reporter
+        self.run_dir, self.device, self.plan = Path(run.out), run.device, plan
+        self.flops_per_token = model_card(cfg, model)["flops_per_token"]
+        self.peak_flops = peak_flops(self.device)
+        plan.prepare(model)  # activation checkpointing; FSDP2 shards the parameters in place
+        self.optimizers = build_optimizers(
+            model,
+            config.optimizer,
+            config.lr,
+            config.weight_decay,
+            (config.beta1, config.beta2),
+            config.muon_lr,
+        )
+        self.step, self.elapsed, self.tokens_seen = 0, 0.0, 0
+        use_compile = config.compile if config.compile is not None else self.device.type == "cuda"
+        self.fwd_model = plan.forward_model(model)  # DDP's wrapper, or the model itself
+        if use_compile:
+            self.fwd_model = torch.compile(self.fwd_model)
+        self.metrics: MetricsLog | None = None
+        self.watch = OverfitWatch()
+        self.loss_window: list[float] = []
+        self.smooth_loss = self.last_loss = math.nan
+
+    def restore(self) -> None:
+        """Continue from the run folder's latest checkpoint (exact resume)."""
+        ckpt = load_checkpoint(self.run_dir)
+        if ckpt.is_sharded:  # written by FSDP2: any number of processes can read it
+            load_sharded(ckpt.path, self.model, self.optimizers)
+        else:
+            if self.plan.mode == "fsdp":
+                load_full_weights(self.model, ckpt.model_weights())
+            else:
+                load_model_weights(self.model, ckpt)
+            for opt, sd in zip(self.optimizers, ckpt.state["optimizers"]):
+                opt.load_state_dict(sd)
+            shard_optimizer_state(self.optimizers)
+        self.objective.load_state_dict(ckpt.state["objective"])
+        set_rng_state(ckpt.state["rng"])
+        self.step, self.elapsed = ckpt.step, ckpt.state["elapsed"]
+        self.tokens_seen = ckpt.state["tokens"]
+
+    def progress(self) -> float:
+        return _budget_progress(self.step, self.elapsed, self.run)
+
+    def checkpoint(self, final: bool = False) -> None:
+        """FSDP2: every rank writes its shards (and at the end the whole model too); otherwise
+        rank 0 writes the usual checkpoint."""
+        state = {
+            "objective": self.objective.state_dict(),
+            "rng": rng_state(),
+            "elapsed": self.elapsed,
+            "tokens": self.tokens_seen,
+        }
+        keep = self.config.keep_last
+        if self.plan.mode == "fsdp":
+            args = (self.run_dir, self.step, self.model, self.optimizers, self.cfg, state, keep)
+            save_sharded_checkpoint(self.plan, *args, final)
+            return
+        if self.plan.is_main:
+            state["optimizers"] = [opt.state_dict() for opt in self.optimizers]
+            save_checkpoint(self.run_dir, self.step, self.model, self.cfg, state, keep)
+        self.plan.barrier()
+
+    def log(self, record: dict) -> None:
+        if self.metrics is not None:  # rank 0 only
+            self.metrics.write(record)
+
+    def evaluate(self, final: bool = False) -> dict:
+        with autocast(self.device):  # every rank evaluates: FSDP2's forward needs them all
+            result = self.objective.evaluate(self.model, final)
+        self.log({"step": self.step, **result})
+        return result
+
+    def train_step(self) -> None:
+        """One optimizer step over `grad_accum` micro-batches, then the log line."""
+        config, objective, plan = self.config, self.objective, self.plan
+        t0 = time.perf_counter()
+        factor = lr_factor(self.step, self.progress(), config.warmup_steps, config.min_lr_ratio)
+        set_lr(self.optimizers, factor)
+        step_loss, step_tokens, extras = 0.0, 0, {}
+        for micro in range(config.grad_accum):
+            batch = objective.next_batch(self.model)
+            with plan.grad_sync(self.fwd_model, micro == config.grad_accum - 1):
+                with autocast(self.device):
+                    loss, extras = objective.loss(self.fwd_model, batch)
+                if not torch.isfinite(loss):
+                    raise ChatsmithError(
+                        f"loss became {loss.item()} at step {self.step}; "
+                        "lower --lr or check the data"
+                    )
+                loss = plan.weigh_loss(loss, batch)
+                (loss / config.grad_accum).backward()
+            step_loss += loss.item() / config.grad_accum
+            step_tokens += objective.batch_tokens(batch)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        grad_norm = plan.grad_norm(norm)
+        for opt in self.optimizers:
+            opt.step()
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        # every rank takes the mean loss, the summed tokens and the slowest clock, so that the
+        # schedule and the budget stop are the same everywhere
+        before = self.elapsed
+        step_loss, step_tokens, self.elapsed = plan.reduce_step(
+            step_loss, step_tokens, self.elapsed + time.perf_counter() - t0
+        )
+        dt = self.elapsed - before
+        self.step += 1
+        self.tokens_seen += step_tokens
+        self.last_loss = step_loss
+        self.loss_window.append(step_loss)
+        # a smoothed training loss for the overfitting watch: single steps are too noisy
+        s = self.smooth_loss
+        self.smooth_loss = step_loss if math.isnan(s) else 0.9 * s + 0.1 * step_loss
+        tok_s = step_tokens / dt
+        if self.step % config.log_every == 0 or self.step == 1:
+            record = {
+                "step": self.step,
+                "loss": sum(self.loss_window) / len(self.loss_window),
+                "lr_factor": factor,
+                "grad_norm": grad_norm,
+                "tokens_per_s": tok_s,  # summed over ranks
+                "tokens": self.tokens_seen,
+                "elapsed_s": self.elapsed,
+                **extras,
+            }
+            if self.peak_flops is not None:  # model FLOPs utilisation of all ranks' devices
+                record["mfu"] = tok_s * self.flops_per_token / (self.peak_flops * plan.world)
+            self.log(record)
+            self.loss_window.clear()
+        progress = self.progress()
+        eta = self.elapsed / progress * (1 - progress) if progress > 0 else math.nan
+        status = f"loss {step_loss:.3f} | {tok_s:,.0f} tok/s | eta {eta:,.0f}s"
+        self.reporter.advance(self.step, progress, status)
+
+    def evaluate_and_watch(self) -> None:
+        """A held-out evaluation in the middle of the run, with the overfitting warning."""
+        result = self.evaluate()
+        self.reporter.say(
+            f"step {self.step}: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float))
+        )
+        if "val_loss" in result:
+            warning = self.watch.check(self.smooth_loss, result["val_loss"])
+            if warning:
+                self.reporter.say(f"warning: {warning}")
+                self.log({"step": self.step, "warning": warning})
+
+    def fit(self) -> TrainResult:
+        if self.plan.is_main:
+            self.metrics = MetricsLog(self.run_dir, resume_step=self.step)
+        self.reporter.begin(self.objective.name, self.run.max_steps, self.step)
+        self.model.train()
+        while self.progress() < 1.0:
+            self.train_step()
+            if self.step % self.config.eval_every == 0 and self.progress() < 1.0:
+                self.evaluate_and_watch()
+            if self.step % self.config.save_every == 0:
+                self.checkpoint()
+        self.reporter.end()
+        final = self.evaluate(final=True)
+        self.checkpoint(final=True)
+        if self.plan.is_main:
+            plot_curves(self.run_dir)
+        return TrainResult(
+            self.run_dir, self.step, self.elapsed, self.tokens_seen, final, self.last_loss
+        )
 
 
 def train(
     model: nn.Module,
     cfg: ModelConfig,
     objective: Objective,
-    settings: TrainSettings,
-    flags: RunFlags,
+    config: TrainConfig,
+    run: RunConfig,
     run_info: dict,
-    quiet: bool = False,
-    on_step: Callable[[int, float, float], None] | None = None,
+    reporter: Reporter | None = None,
     plan: ParallelPlan | None = None,
 ) -> TrainResult:
-    """Train `model` with `objective` until the step or time budget is spent.
+    """Train `model` with `objective` until the step or time budget of `run` is spent.
 
     The caller seeds the RNG (seed_everything) before building the model and objective, so that
-    initialisation is reproducible too. `on_step(step, budget_progress, loss)`, if given, is
-    called after every optimizer step (for a caller's own progress display). `plan` says how
-    this process shares the work with others (one process when None); the caller built the
-    objective to draw this rank's slice of each global batch.
+    initialisation is reproducible too. A new run writes run.json (`run_info` plus the model
+    and loop settings); a resumed one continues from its latest checkpoint. `plan` (one process
+    when None) is the caller's, which built the objective to draw this rank's slice of each
+    global batch.
     """
-    if not flags.max_steps and not flags.max_minutes:
+    if not run.max_steps and not run.max_minutes:
         raise ChatsmithError("give a budget: --max-steps and/or --max-minutes")
-    run_dir, device = Path(flags.out), flags.device
-    plan = plan or ParallelPlan(
-        device=device, activation_checkpointing=flags.activation_checkpointing
-    )
-    main = plan.is_main
-    run_dir.mkdir(parents=True, exist_ok=True)
+    Path(run.out).mkdir(parents=True, exist_ok=True)
     configure_cuda()
-    model.to(device)
-    flops_per_token = model_card(cfg, model)["flops_per_token"]
-    ckpt = load_checkpoint(run_dir) if flags.resume else None
-    sharded_ckpt = ckpt is not None and ckpt.is_sharded
-    if ckpt is not None and not sharded_ckpt:
-        load_model_weights(model, ckpt)  # whole weights go in before the model is sharded
-    plan.prepare(model)
-    optimizers = build_optimizers(
-        model,
-        settings.optimizer,
-        settings.lr,
-        settings.weight_decay,
-        (settings.beta1, settings.beta2),
-        settings.muon_lr,
+    model.to(run.device)
+    plan = plan or ParallelPlan(
+        device=run.device, activation_checkpointing=run.activation_checkpointing
     )
-    step, elapsed, tokens_seen = 0, 0.0, 0
-    if ckpt is not None:
-        if sharded_ckpt:
-            load_sharded(ckpt.path, model, optimizers)
-        else:
-            for opt, sd in zip(optimizers, ckpt.state["optimizers"]):
-                opt.load_state_dict(sd)
-            shard_optimizer_state(optimizers)
-        objective.load_state_dict(ckpt.state["objective"])
-        set_rng_state(ckpt.state["rng"])
-        step, elapsed, tokens_seen = ckpt.step, ckpt.state["elapsed"], ckpt.state["tokens"]
-    elif main:
-        write_json_atomic(
-            run_dir / RUN_FILE, {**run_info, "model": cfg.to_dict(), "train": asdict(settings)}
-        )
-    use_compile = settings.compile if settings.compile is not None else device.type == "cuda"
-    fwd_model = plan.forward_model(model)
-    fwd_model = torch.compile(fwd_model) if use_compile else fwd_model
-    metrics = MetricsLog(run_dir, resume_step=step) if main else None
-    watch = OverfitWatch()
-    peak = peak_flops(device)
-
-    def checkpoint(final: bool = False) -> None:
-        state = {
-            "objective": objective.state_dict(),
-            "rng": rng_state(),
-            "elapsed": elapsed,
-            "tokens": tokens_seen,
-        }
-        if plan.mode == "fsdp":
-            save_sharded_checkpoint(
-                plan, run_dir, step, model, optimizers, cfg, state, settings.keep_last, final
-            )
-            return
-        if main:
-            state["optimizers"] = [opt.state_dict() for opt in optimizers]
-            save_checkpoint(run_dir, step, model, cfg, state, settings.keep_last)
-        plan.barrier()
-
-    def log(record: dict) -> None:
-        if metrics is not None:
-            metrics.write(record)
-
-    def evaluate(final: bool = False) -> dict:
-        with autocast(device):  # every rank evaluates: FSDP2's forward needs them all
-            result = objective.evaluate(model, final)
-        log({"step": step, **result})
-        return result
-
-    bar = tqdm(
-        total=flags.max_steps,
-        initial=step,
-        disable=quiet or not main,
-        file=sys.stderr,
-        desc=objective.name,
-        dynamic_ncols=True,
-        unit="step",
-    )
-    note = (
-        (lambda _msg: None) if quiet or not main else (lambda msg: bar.write(msg, file=sys.stderr))
-    )
-    loss_window: list[float] = []
-    step_loss = smooth_loss = math.nan
-    model.train()
-    while _budget_progress(step, elapsed, flags) < 1.0:
-        t0 = time.perf_counter()
-        factor = lr_factor(
-            step,
-            _budget_progress(step, elapsed, flags),
-            settings.warmup_steps,
-            settings.min_lr_ratio,
-        )
-        set_lr(optimizers, factor)
-        step_loss, step_tokens, extras = 0.0, 0, {}
-        for micro in range(settings.grad_accum):
-            batch = objective.next_batch(model)
-            with plan.grad_sync(fwd_model, micro == settings.grad_accum - 1):
-                with autocast(device):
-                    loss, extras = objective.loss(fwd_model, batch)
-                if not torch.isfinite(loss):
-                    raise ChatsmithError(
-                        f"loss became {loss.item()} at step {step}; lower --lr or check the data"
-                    )
-                loss = plan.weigh_loss(loss, batch)
-                (loss / settings.grad_accum).backward()
-            step_loss += loss.item() / settings.grad_accum
-            step_tokens += objective.batch_tokens(batch)
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        grad_norm = plan.grad_norm(norm)
-        for opt in optimizers:
-            opt.step()
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        # every rank takes the mean loss, the summed tokens and the slowest clock
-        before = elapsed
-        step_loss, step_tokens, elapsed = plan.reduce_step(
-            step_loss, step_tokens, elapsed + time.perf_counter() - t0
-        )
-        dt = elapsed - before
-        step += 1
-        tokens_seen += step_tokens
-        loss_window.append(step_loss)
-        # a smoothed training loss for the overfitting watch: single steps are too noisy
-        smooth_loss = step_loss if math.isnan(smooth_loss) else 0.9 * smooth_loss + 0.1 * step_loss
-        tok_s = step_tokens / dt
-        if step % settings.log_every == 0 or step == 1:
-            record = {
-                "step": step,
-                "loss": sum(loss_window) / len(loss_window),
-                "lr_factor": factor,
-                "grad_norm": grad_norm,
-                "tokens_per_s": tok_s,
-                "tokens": tokens_seen,
-                "elapsed_s": elapsed,
-                **extras,
-            }
-            if peak is not None:  # model FLOPs utilisation over all ranks' accelerators
-                record["mfu"] = tok_s * flops_per_token / (peak * plan.world)
-            log(record)
-            loss_window.clear()
-        progress = _budget_progress(step, elapsed, flags)
-        eta = elapsed / progress * (1 - progress) if progress > 0 else math.nan
-        bar.set_postfix_str(
-            f"loss {step_loss:.3f} | {tok_s:,.0f} tok/s | eta {eta:,.0f}s", refresh=False
-        )
-        bar.update(1)
-        if on_step is not None:
-            on_step(step, progress, step_loss)
-        if step % settings.eval_every == 0 and _budget_progress(step, elapsed, flags) < 1.0:
-            result = evaluate()
-            note(
-                f"step {step}: "
-                + ", ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float))
-            )
-            if "val_loss" in result:
-                warning = watch.check(smooth_loss, result["val_loss"])
-                if warning:
-                    note(f"warning: {warning}")
-                    log({"step": step, "warning": warning})
-        if step % settings.save_every == 0:
-            checkpoint()
-    bar.close()
-    final = evaluate(final=True)
-    checkpoint(final=True)
-    if main:
-        plot_curves(run_dir)
-    return TrainResult(run_dir, step, elapsed, tokens_seen, final, step_loss)
+    trainer = Trainer(model, cfg, objective, config, run, reporter or Reporter(), plan)
+    if run.resume:
+        trainer.restore()
+    elif plan.is_main:
+        info = {**run_info, "model": cfg.to_dict(), "train": asdict(config)}
+        write_json_atomic(Path(run.out) / RUN_FILE, info)
+    return trainer.fit()

@@ -226,6 +226,25 @@ def load_sharded(path: Path, model: nn.Module, optimizers: list) -> None:
     )
 
 
+def load_full_weights(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Whole weights (a one-process checkpoint) into a model already sharded by FSDP2: each
+    rank keeps its own shard. A tied weight is saved once, under one of its names."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    first: dict[int, str] = {}
+    tied = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        (tied.add(name) if id(p) in first else first.setdefault(id(p), name))
+    options = StateDictOptions(full_state_dict=True, strict=False)
+    missing, unexpected = set_model_state_dict(model, tensors, options=options)
+    missing = set(missing) - tied
+    if missing or unexpected:
+        raise ChatsmithError(
+            f"checkpoint weights do not fit the model (missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]})"
+        )
+
+
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The whole model's weights on rank 0's CPU (empty on other ranks), for model.safetensors."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -12,6 +12,7 @@ from torch import nn
 from chatsmith.data import chitchat
 from chatsmith.data.shards import TokenShards, fingerprint, is_shard_folder, open_shards
 from chatsmith.data.sources import iter_documents
+from chatsmith.data.splits import split_tail
 from chatsmith.data.tokens import TokenWindows, tokenize_documents
 from chatsmith.errors import ChatsmithError
 from chatsmith.inference.scoring import score_tokens
@@ -23,34 +24,14 @@ from chatsmith.models import (
     format_card,
     model_card,
 )
+from chatsmith.reporting import Reporter
 from chatsmith.runtime import seed_everything
 from chatsmith.tokenizer import TOKENIZER_FILE, Tokenizer
-from chatsmith.training.loop import RunFlags, TrainResult, TrainSettings, train
+from chatsmith.training.config import PretrainConfig, RunConfig
+from chatsmith.training.loop import TrainResult, train
 from chatsmith.training.parallel import ParallelPlan, plan_from_env
 
-BUILTIN = "builtin:chitchat"
-HELD_OUT_FRACTION = 0.05
 QUICK_EVAL_TOKENS = 32_768
-
-PRETRAIN_DEFAULTS: dict = {
-    "data": BUILTIN,
-    "val_data": None,
-    "vocab_size": 2048,
-    "preset": "narrow",
-    "depth": None,
-    "seq_len": 256,
-    "n_kv_head": None,
-    "max_text_mb": 512.0,
-    "batch_size": 16,
-    "grad_accum": 1,
-    "lr": 3e-3,
-    "warmup_steps": 30,
-    "optimizer": "muon",
-    "eval_every": 200,
-    "save_every": 500,
-    "log_every": 10,
-    "compile": None,
-}
 
 
 class LanguageModeling:
@@ -122,7 +103,7 @@ def load_corpus(
     data: str, val_data: str | None, max_text_mb: float
 ) -> tuple[list[str], list[str] | None]:
     """Training and held-out documents; held-out is None when it is to be cut from the tokens."""
-    if data == BUILTIN:
+    if data == chitchat.BUILTIN_NAME:
         if val_data is None:
             return chitchat.documents("train"), chitchat.documents("val")
         train_docs = chitchat.documents("train")
@@ -133,107 +114,85 @@ def load_corpus(
 
 
 def _shard_data(
-    data: str, out: Path, resume: bool, val_data: str | None, max_text_mb: float, main: bool
+    config: PretrainConfig, out: Path, resume: bool, main: bool
 ) -> tuple[TokenShards, Tokenizer, list, torch.Tensor]:
     """Token shards named by --data: their tokenizer becomes the run's (a resumed run checks
     that they still match it); held-out tokens from --val-data or the shards' own."""
-    shards = open_shards(data, fingerprint(out / TOKENIZER_FILE) if resume else None)
+    shards = open_shards(config.data, fingerprint(out / TOKENIZER_FILE) if resume else None)
     tok = shards.tokenizer
     if not resume and main:
         tok.save(out)
-    if val_data:
-        val_tokens = tokenize_documents(tok, _take(iter_documents(val_data), max_text_mb * 1e6))
+    if config.val_data:
+        val_docs = _take(iter_documents(config.val_data), config.max_text_mb * 1e6)
+        val_tokens = tokenize_documents(tok, val_docs)
     else:
         val_tokens = torch.from_numpy(shards.val().astype("int64"))
     return shards, tok, shards.train(), val_tokens
 
 
-def model_config(args: dict, vocab_size: int) -> ModelConfig:
-    sizes = {
-        "vocab_size": vocab_size,
-        "max_seq_len": args["seq_len"],
-        "n_kv_head": args.get("n_kv_head"),
-    }
-    if args.get("depth"):
-        if args["n_kv_head"] is None:
-            sizes["n_kv_head"] = args["depth"]
-        return config_from_depth(int(args["depth"]), **sizes)
-    return config_from_preset(args["preset"], **sizes)
-
-
-def pretrain(
-    args: dict,
-    flags: RunFlags,
-    flag_info: dict | None = None,
-    quiet: bool = False,
-    say=print,
-    on_step=None,
-) -> TrainResult:
-    """Train a tokenizer (unless resuming) and a decoder-only model from `args` (see defaults).
-
-    `on_step` is passed to the training loop (for a caller's own progress display)."""
-    seed_everything(flags.seed)
-    out = Path(flags.out)
-    plan = plan_from_env(flags.parallel, flags.device, flags.activation_checkpointing)
-    out.mkdir(parents=True, exist_ok=True)
-    if is_shard_folder(args["data"]):
-        shards, tok, train_tokens, val_tokens = _shard_data(
-            args["data"], out, flags.resume, args.get("val_data"), args["max_text_mb"], plan.is_main
-        )
-        n_train = shards.train_tokens
-    else:
-        train_tokens, val_tokens, tok = _text_data(args, out, flags.resume, plan.is_main, say)
-        n_train = len(train_tokens)
-    cfg = model_config(args, tok.vocab_size)
-    if len(val_tokens) < 2:
-        raise ChatsmithError("held-out data is too small to evaluate; give --val-data")
-    model = build_model(cfg)
-    objective = LanguageModeling(
-        train_tokens,
-        val_tokens,
-        tok,
-        cfg.max_seq_len,
-        args["batch_size"],
-        flags.seed,
-        plan.device,
-        plan,
-    )
-    settings = TrainSettings(
-        batch_size=args["batch_size"],
-        grad_accum=args["grad_accum"],
-        lr=args["lr"],
-        warmup_steps=args["warmup_steps"],
-        optimizer=args["optimizer"],
-        eval_every=args["eval_every"],
-        save_every=args["save_every"],
-        log_every=args.get("log_every", 10),
-        compile=args["compile"],
-    )
-    say(f"data: {n_train:,} training tokens, {len(val_tokens):,} held-out tokens")
-    say(format_card(model_card(cfg, model)))
-    info = {"stage": "pretrain", "args": args, "flags": flag_info or {}}
-    flags = replace(flags, device=plan.device)
-    try:
-        return train(model, cfg, objective, settings, flags, info, quiet, on_step, plan)
-    finally:
-        plan.close()
-
-
 def _text_data(
-    args: dict, out: Path, resume: bool, main: bool, say
+    config: PretrainConfig, out: Path, resume: bool, main: bool, reporter: Reporter
 ) -> tuple[torch.Tensor, torch.Tensor, Tokenizer]:
     """Text named by --data, tokenized in memory with the run's tokenizer (trained unless
     resuming); held-out tokens from --val-data or cut from the end."""
-    train_docs, val_docs = load_corpus(args["data"], args.get("val_data"), args["max_text_mb"])
+    train_docs, val_docs = load_corpus(config.data, config.val_data, config.max_text_mb)
     if resume:
         tok = Tokenizer.load(out)
     else:
-        say(f"training a {args['vocab_size']}-token BPE tokenizer on {len(train_docs):,} documents")
-        tok = Tokenizer.train(train_docs, args["vocab_size"])
+        reporter.phase("tokenizer")
+        reporter.say(
+            f"training a {config.vocab_size}-token BPE tokenizer on {len(train_docs):,} documents"
+        )
+        tok = Tokenizer.train(train_docs, config.vocab_size)
         if main:
             tok.save(out)
     train_tokens = tokenize_documents(tok, train_docs)
     if val_docs is None:
-        cut = int(len(train_tokens) * (1 - HELD_OUT_FRACTION))
-        return train_tokens[:cut], train_tokens[cut:], tok
+        train_tokens, val_tokens = split_tail(train_tokens)
+        return train_tokens, val_tokens, tok
     return train_tokens, tokenize_documents(tok, val_docs), tok
+
+
+def model_config(config: PretrainConfig, vocab_size: int) -> ModelConfig:
+    sizes = {
+        "vocab_size": vocab_size,
+        "max_seq_len": config.seq_len,
+        "n_kv_head": config.n_kv_head,
+    }
+    if config.depth:
+        if config.n_kv_head is None:
+            sizes["n_kv_head"] = config.depth
+        return config_from_depth(int(config.depth), **sizes)
+    return config_from_preset(config.preset, **sizes)
+
+
+def pretrain(
+    config: PretrainConfig, run: RunConfig, reporter: Reporter | None = None
+) -> TrainResult:
+    """Train a tokenizer (unless resuming or given token shards) and a decoder-only model into
+    `run.out`, in this process or as one rank of a torchrun job."""
+    reporter = reporter or Reporter()
+    seed_everything(run.seed)
+    out = Path(run.out)
+    plan = plan_from_env(run.parallel, run.device, run.activation_checkpointing)
+    out.mkdir(parents=True, exist_ok=True)
+    if is_shard_folder(config.data):
+        shards, tok, train_tokens, val_tokens = _shard_data(config, out, run.resume, plan.is_main)
+        n_train = shards.train_tokens
+    else:
+        train_tokens, val_tokens, tok = _text_data(config, out, run.resume, plan.is_main, reporter)
+        n_train = len(train_tokens)
+    cfg = model_config(config, tok.vocab_size)
+    if len(val_tokens) < 2:
+        raise ChatsmithError("held-out data is too small to evaluate; give --val-data")
+    model = build_model(cfg)
+    sizes = (cfg.max_seq_len, config.batch_size, run.seed)
+    objective = LanguageModeling(train_tokens, val_tokens, tok, *sizes, plan.device, plan)
+    reporter.say(f"data: {n_train:,} training tokens, {len(val_tokens):,} held-out tokens")
+    reporter.say(format_card(model_card(cfg, model)))
+    info = {"stage": "pretrain", "args": asdict(config), "flags": run.budget()}
+    run = replace(run, device=plan.device)  # cuda:LOCAL_RANK under torchrun
+    try:
+        return train(model, cfg, objective, config, run, info, reporter, plan)
+    finally:
+        plan.close()
