@@ -130,9 +130,24 @@ def commit_checkpoint(run_dir: Path, final: Path, tmp: Path, keep_last: int) -> 
 def save_checkpoint(
     run_dir: Path, step: int, model: torch.nn.Module, cfg: ModelConfig, state: dict, keep_last: int
 ) -> Path:
-    final, tmp = begin_checkpoint(run_dir, step)
     # save_model keeps one copy of tied weights (embedding = LM head); load_model re-ties them
-    save_model(model, str(tmp / "model.safetensors"))
+    return _commit_checkpoint(
+        run_dir, step, cfg, state, keep_last, lambda path: save_model(model, path)
+    )
+
+
+def save_weights_checkpoint(
+    run_dir: Path, step: int, weights: dict[str, torch.Tensor], cfg: ModelConfig
+) -> Path:
+    """A checkpoint of plain named weights and no training state (an imported model)."""
+    return _commit_checkpoint(run_dir, step, cfg, {}, 1, lambda path: save_file(weights, path))
+
+
+def _commit_checkpoint(
+    run_dir: Path, step: int, cfg: ModelConfig, state: dict, keep_last: int, write_model
+) -> Path:
+    final, tmp = begin_checkpoint(run_dir, step)
+    write_model(str(tmp / "model.safetensors"))
     write_state(tmp, step, cfg, state)
     return commit_checkpoint(run_dir, final, tmp, keep_last)
 
@@ -195,7 +210,9 @@ def read_run_info(run_dir: Path) -> dict:
 
 def load_run_tokenizer(run_dir: Path, cfg: ModelConfig) -> Tokenizer:
     tok = Tokenizer.load(Path(run_dir))
-    if tok.vocab_size != cfg.vocab_size:
+    # imported models may pad their embedding past the tokenizer (Qwen2: rows nobody samples)
+    padded = tok.chat_format is not None and tok.vocab_size < cfg.vocab_size
+    if tok.vocab_size != cfg.vocab_size and not padded:
         raise ChatsmithError(
             f"tokenizer in {run_dir} has {tok.vocab_size} tokens but the model expects "
             f"{cfg.vocab_size}: they do not belong together"

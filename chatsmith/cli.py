@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -74,7 +75,7 @@ def generate(
 
     loaded = _load(run, device)
     tok = loaded.tokenizer
-    ids = [tok.bos_id, *tok.encode(prompt)]
+    ids = [*tok.doc_start, *tok.encode(prompt)]
     keep = loaded.cfg.max_seq_len - min(max_tokens, loaded.cfg.max_seq_len // 2)
     if len(ids) > keep:
         say(
@@ -251,7 +252,7 @@ def chat(
     )
     params.validate()
     stage = loaded.info.get("stage")
-    if stage != "sft" and stage is not None and stage not in ("rl",):
+    if stage != "sft" and stage is not None and stage not in ("rl", "import"):
         say(
             f"note: {run} is a {stage} run, not fine-tuned for chat; replies may wander "
             f"(fine-tune it first: chatsmith sft {run})"
@@ -324,6 +325,12 @@ def serve(
         envvar="CHATSMITH_API_KEY",
         help="Require 'Authorization: Bearer KEY' on every /v1 call.",
     ),
+    allowed_host: Optional[list[str]] = typer.Option(
+        None,
+        "--allowed-host",
+        metavar="NAME",
+        help="Also answer requests for this Host name (repeatable; loopback names always).",
+    ),
     max_batch: int = typer.Option(16, help="Sequences decoded together (concurrent requests)."),
     max_queue: int = typer.Option(64, help="Requests that may wait for a slot; more get 429."),
     max_tokens: int = typer.Option(1024, help="Most new tokens one request may ask for."),
@@ -340,6 +347,8 @@ def serve(
         import uvicorn
 
         from chatsmith.serving.app import create_app
+        from chatsmith.serving.live import uvicorn_config
+        from chatsmith.serving.middleware import allowed_hosts_for, is_loopback
     except ImportError as e:
         raise ChatsmithError(
             f"serving needs the 'serve' extra: pip install 'chatsmith[serve]' ({e.name} is missing)"
@@ -352,6 +361,12 @@ def serve(
         max_body_bytes=max_body_kb * 1000,
     )
     limits.validate()
+    if api_key is None:  # click ignores an empty environment variable: it must not mean "no key"
+        api_key = os.environ.get("CHATSMITH_API_KEY")
+    if api_key is not None and not api_key.strip():
+        raise ChatsmithError(
+            "the API key (--api-key or CHATSMITH_API_KEY) is empty: give a key, or unset it"
+        )
     if not 0 <= port <= 65535:
         raise ChatsmithError(f"--port must be between 0 and 65535, got {port}")
     if threads is not None:
@@ -361,12 +376,50 @@ def serve(
 
         torch.set_num_threads(threads)
     loaded = _load(run, device)
-    application = create_app(loaded, limits, api_key)
+    application = create_app(loaded, limits, api_key, allowed_hosts_for(host, allowed_host or ()))
+    if api_key is None and not is_loopback(host):
+        print(
+            f"warning: listening on {host} without an API key: anyone who can reach this "
+            "address can use the model (set --api-key or CHATSMITH_API_KEY)",
+            file=sys.stderr,
+        )
     say(f"serving {loaded.name} at http://{host}:{port}/  (API: http://{host}:{port}/v1)")
     try:
-        uvicorn.run(application, host=host, port=port, log_level="warning")
+        uvicorn.Server(uvicorn_config(application, host=host, port=port)).run()
     except OSError as e:
         raise ChatsmithError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
+@app.command("import")
+def import_model(
+    source: str = typer.Argument(..., help="A Hugging Face model folder, or hf:NAME."),
+    out: Path = typer.Option(..., "--out", help="Run folder to write (must not exist)."),
+    max_seq_len: Optional[int] = typer.Option(
+        None, "--max-seq-len", help="Context to allocate (default: the model's, at most 4096)."
+    ),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (as stored), bf16 or fp32."),
+) -> None:
+    """Import an open model (Llama, Mistral, Qwen2, Qwen3 layouts) as a chatsmith run."""
+    from chatsmith.interop.hf_import import import_hf
+
+    result = import_hf(source, out, max_seq_len=max_seq_len, dtype=dtype)
+    say(
+        f"imported {result.family} model ({result.n_params / 1e6:.2f}M parameters, context "
+        f"{result.cfg.max_seq_len}, tokenizer {result.tokenizer_vocab} tokens) into {result.out}"
+    )
+
+
+@app.command("export")
+def export_model(
+    run: Path = RunArg,
+    out: Path = typer.Argument(..., help="Folder to write (must not exist or be empty)."),
+    to: str = typer.Option("hf", "--to", help="Format: hf (Hugging Face transformers)."),
+) -> None:
+    """Export a decoder run as a Hugging Face model folder (transformers, vLLM, converters)."""
+    from chatsmith.interop.hf_export import export_run
+
+    path, family = export_run(run, out, to)
+    say(f"exported {run} as a {family} model to {path}")
 
 
 @app.command()

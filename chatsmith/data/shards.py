@@ -7,7 +7,7 @@ A shard folder looks like this:
     SHARDS/train_000000.bin    `shard_tokens` tokens each (the last one may be shorter)
     SHARDS/val.bin             the held-out documents (`val_share` of them, spread evenly)
 
-Every document is led by the BOS token, exactly as `tokenize_documents` lays them out, so a
+Every document is led by the begin token, exactly as `tokenize_documents` lays them out, so a
 corpus trains the same from shards as from text. Shards and the index are written atomically;
 after each shard the index records where the document stream stands, so an interrupted run
 resumes at the last complete shard. Tokenizing runs in worker processes over batches of
@@ -90,11 +90,12 @@ def _encode(task: tuple[int, list[str], float, str]):
     first, docs, share, dtype = task
     assert _tok is not None
     out = {True: ([], [], []), False: ([], [], [])}
+    start = _tok.doc_start  # the begin token, where the tokenizer has one
     for j, ids in enumerate(_tok.encode_batch(docs)):
         arrays, doc_ids, lengths = out[_is_val(first + j, share)]
-        arrays.append(np.array([_tok.bos_id, *ids], dtype=dtype))
+        arrays.append(np.array([*start, *ids], dtype=dtype))
         doc_ids.append(first + j)
-        lengths.append(len(ids) + 1)
+        lengths.append(len(start) + len(ids))
 
     def pack(part):
         arrays, doc_ids, lengths = part

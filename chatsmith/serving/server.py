@@ -7,6 +7,7 @@ the request's stop strings, through the same `StopFilter` the chat session uses.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,8 +20,18 @@ from chatsmith.inference.streaming import StopFilter, TextStream
 from chatsmith.serving.config import ServeLimits
 from chatsmith.serving.errors import APIError
 from chatsmith.serving.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
-from chatsmith.serving.scheduler import QueueFull, Scheduler, Ticket
+from chatsmith.serving.scheduler import (
+    FAILED,
+    UNAVAILABLE,
+    EngineDown,
+    QueueFull,
+    Scheduler,
+    Ticket,
+)
 from chatsmith.tokenizer import Tokenizer
+
+# how often a request waiting for tokens checks that the engine is still alive
+HEALTH_POLL_S = 1.0
 
 
 def run_created(run_dir: Path) -> int:
@@ -58,15 +69,22 @@ class Server:
 
     def __init__(self, loaded: LoadedRun, limits: ServeLimits, api_key: str | None):
         limits.validate()
+        if api_key is not None and not api_key.strip():
+            # a blank key would let a bare "Authorization: Bearer" in
+            raise ChatsmithError("the API key is empty: give a real key, or none for no auth")
         self.limits, self.api_key = limits, api_key
         self.tok = loaded.tokenizer
         self.model_id = loaded.name
         self.created = run_created(loaded.path)
         self.context = loaded.cfg.max_seq_len
-        # every special token ends a reply: a marker can never show up as reply text
+        # no token spans more bytes than the longest in the vocabulary (nor more characters),
+        # so a text longer than this cannot fit the context: refused before tokenizing it
+        self.max_prompt_chars = self.context * max(self.tok.bytes_per_token)
+        # every special token ends a reply: a marker can never show up as reply text; so do
+        # the template's stop ids (an imported model's may be ordinary tokens)
         self.engine = Engine(
             loaded.model,
-            stop_ids=sorted(self.tok.special_ids),
+            stop_ids=sorted(self.tok.special_ids | set(self.tok.stop_ids)),
             max_batch=limits.max_batch,
             cuda_graph=True,
         )
@@ -74,7 +92,9 @@ class Server:
 
     def start(self) -> None:
         if self.scheduler is None:
-            self.scheduler = Scheduler(self.engine, self.limits.max_queue)
+            self.scheduler = Scheduler(
+                self.engine, self.limits.max_queue, self.limits.engine_stall_s
+            )
 
     def stop(self) -> None:
         if self.scheduler is not None:
@@ -92,11 +112,15 @@ class Server:
 
     # ---- request -> prompt and sampling -----------------------------------------------------
 
+    # prompts are tokenized on a worker thread (`run_in_threadpool` in the routes): a long one
+    # must not stall the event loop and with it every stream in flight
+
     def chat_prompt(self, body: ChatCompletionRequest) -> list[int]:
         messages = [
             {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
             for m in body.messages
         ]
+        self._check_chars(sum(len(m["content"]) for m in messages), "messages")
         try:
             messages = validate_messages(messages, where="messages")
         except ChatsmithError as e:
@@ -107,10 +131,23 @@ class Server:
 
     def text_prompts(self, body: CompletionRequest) -> list[list[int]]:
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        prompts = [[self.tok.bos_id, *self.tok.encode(t)] for t in texts]
-        for i, ids in enumerate(prompts):
-            self._check_length(ids, "prompt" if len(prompts) == 1 else f"prompt[{i}]")
+        params = ["prompt"] if len(texts) == 1 else [f"prompt[{i}]" for i in range(len(texts))]
+        for text, param in zip(texts, params):
+            self._check_chars(len(text), param)
+        prompts = [[*self.tok.doc_start, *self.tok.encode(t)] for t in texts]
+        for ids, param in zip(prompts, params):
+            self._check_length(ids, param)
         return prompts
+
+    def _check_chars(self, chars: int, param: str) -> None:
+        if chars > self.max_prompt_chars:
+            raise APIError(
+                400,
+                f"the prompt has {chars} characters, more than this model's context of "
+                f"{self.context} tokens can hold: shorten it",
+                param=param,
+                code="context_length_exceeded",
+            )
 
     def _check_length(self, ids: list[int], param: str) -> None:
         if len(ids) >= self.context:
@@ -151,13 +188,25 @@ class Server:
 
     # ---- the scheduler -----------------------------------------------------------------------
 
-    def submit(self, prompts: list[list[int]], params: list[SamplingParams]) -> Ticket:
-        retry = {"Retry-After": str(self.limits.retry_after_s)}
+    def problem(self) -> str | None:
+        """Why requests cannot be answered now; None when the server is healthy."""
         if self.scheduler is None:
-            raise APIError(503, "the server is not running", "server_error", headers=retry)
+            return "the server is not running"
+        return self.scheduler.problem()
+
+    def unavailable(self, message: str) -> APIError:
+        retry = {"Retry-After": str(self.limits.retry_after_s)}
+        return APIError(503, message, "server_error", code="engine_unavailable", headers=retry)
+
+    def submit(self, prompts: list[list[int]], params: list[SamplingParams]) -> Ticket:
+        if self.scheduler is None:
+            raise self.unavailable("the server is not running")
         try:
             return self.scheduler.submit(prompts, params)
+        except EngineDown as e:
+            raise self.unavailable(str(e)) from None
         except QueueFull as e:
+            retry = {"Retry-After": str(self.limits.retry_after_s)}
             raise APIError(
                 429, str(e), "rate_limit_exceeded", code="queue_full", headers=retry
             ) from None
@@ -173,12 +222,14 @@ class Server:
         states = [ChoiceText(self.tok, stops) for _ in ticket.jobs]
         remaining = len(states)
         while remaining:
-            for idx, token, reason in await ticket.events.get():
+            for idx, token, reason in await self._next_events(ticket):
                 st = states[idx]
                 if st.finish is not None:
                     continue
-                if reason is not None and reason.startswith("error:"):
-                    raise APIError(500, reason[len("error:") :], "server_error")
+                if reason is not None and reason.startswith(FAILED):
+                    raise APIError(500, reason[len(FAILED) :], "server_error")
+                if reason is not None and reason.startswith(UNAVAILABLE):
+                    raise self.unavailable(reason[len(UNAVAILABLE) :])
                 piece = "" if token is None else st.push(token)
                 if st.finish is not None:  # a stop string: free the slot now
                     self.cancel(ticket, [idx])
@@ -188,3 +239,17 @@ class Server:
                     yield idx, piece, st
                 if st.finish is not None:
                     remaining -= 1
+
+    async def _next_events(self, ticket: Ticket) -> list:
+        """The ticket's next events; a 503 if the engine dies or gets stuck meanwhile."""
+        getter = asyncio.ensure_future(ticket.events.get())
+        try:
+            while True:
+                done, _ = await asyncio.wait({getter}, timeout=HEALTH_POLL_S)
+                if done:
+                    return getter.result()
+                problem = self.problem()
+                if problem is not None:
+                    raise self.unavailable(problem)
+        finally:
+            getter.cancel()  # no-op once it has finished

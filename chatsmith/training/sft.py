@@ -50,8 +50,10 @@ def conversation_examples(tok: Tokenizer, messages: list[dict], seq_len: int) ->
     ids, mask = render(tok, messages)
     if len(ids) <= seq_len + 1:
         return [_example(ids, mask)] if any(mask) else []
-    role_ids = {tok.system_id, tok.user_id, tok.assistant_id}
-    starts = [i for i, t in enumerate(ids) if t in role_ids]
+    starts = tok.chat.message_starts(ids)
+    if starts is None:  # turn boundaries unknown (an imported template): keep the beginning
+        ids, mask = ids[: seq_len + 1], mask[: seq_len + 1]
+        return [_example(ids, mask)] if any(mask[1:]) else []
     spans = list(zip(starts, starts[1:] + [len(ids)], strict=True))  # (start, end) per message
     head = [(0, 1)]  # <|bos|>
     if messages[0]["role"] == "system":

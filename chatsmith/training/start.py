@@ -3,7 +3,6 @@ stage's own run folder (whose weights the training loop restores)."""
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from chatsmith.checkpoint import (
 )
 from chatsmith.errors import ChatsmithError
 from chatsmith.models import ModelConfig, build_model
-from chatsmith.tokenizer import TOKENIZER_FILE, Tokenizer
+from chatsmith.tokenizer import Tokenizer
 from chatsmith.training.config import RunConfig
 
 
@@ -67,5 +66,5 @@ def start_model(run: RunConfig, base_run: str | None, purpose: str) -> StartPoin
     model = build_model(ckpt.model_config)
     load_model_weights(model, ckpt)
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(base / TOKENIZER_FILE, out / TOKENIZER_FILE)
+    tok.save_beside(out)  # with an imported run's chat format
     return StartPoint(model, ckpt.model_config, tok, info, ckpt)
