@@ -145,6 +145,12 @@ class Checkpoint:
     model_config: ModelConfig
     state: dict  # training state: optimizer, RNG, data position, ... (tensors restored)
 
+    @property
+    def is_sharded(self) -> bool:
+        """Written by an FSDP2 run: model and optimizer state in torch.distributed.checkpoint
+        shards (a final checkpoint also has the whole model as model.safetensors)."""
+        return (self.path / "dcp").is_dir()
+
     def model_weights(self) -> dict[str, torch.Tensor]:
         weights = _load_safetensors(self.path / "model.safetensors")
         _check_finite(weights.items(), self.path)
@@ -163,6 +169,44 @@ def _unused_name(root: Path, step: int) -> str:
         revision += 1
         name = f"step_{step:08d}.{revision}"
     return name
+
+
+def begin_checkpoint(run_dir: Path, step: int, create: bool = True) -> tuple[Path, Path]:
+    """(final folder, empty temporary folder to write it in) for the checkpoint of `step`.
+    The final name is one no folder has yet (step_N, or step_N.R when step N was saved
+    before), so writing never touches the checkpoint `latest` names. `create=False` only names
+    them (for the processes that write into another's folder; every rank computes the same
+    name, since final folders appear only at a commit, between barriers)."""
+    root = Path(run_dir) / CHECKPOINTS
+    name = _unused_name(root, step)
+    final, tmp = root / name, root / f".tmp_{name}"
+    if create:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp_*"):  # left by a crash mid-write; `latest` never names one
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+    return final, tmp
+
+
+def write_state(run_dir: Path, folder: Path, step: int, cfg: ModelConfig, state: dict) -> None:
+    """The training state: tensors to state.safetensors, the rest (with the run's tokenizer
+    fingerprint) to state.json."""
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _split_tree(state, "s", tensors)
+    save_file(tensors, str(folder / "state.safetensors"))
+    meta = {"step": step, "model_config": cfg.to_dict(), "state": skeleton}
+    fingerprint = tokenizer_fingerprint(Path(run_dir))
+    if fingerprint is not None:
+        meta["tokenizer_sha256"] = fingerprint
+    write_json_atomic(folder / "state.json", meta)
+
+
+def commit_checkpoint(run_dir: Path, final: Path, tmp: Path, keep_last: int) -> Path:
+    """Rename the written checkpoint into place, point `latest` at it, then drop old ones."""
+    os.replace(tmp, final)  # `final` names no folder yet, so no checkpoint is replaced here
+    write_text_atomic(Path(run_dir) / LATEST_FILE, final.name)
+    _prune(final.parent, final.name, keep_last)
+    return final
 
 
 def save_checkpoint(
@@ -184,28 +228,10 @@ def save_weights_checkpoint(
 def _commit_checkpoint(
     run_dir: Path, step: int, cfg: ModelConfig, state: dict, keep_last: int, write_model
 ) -> Path:
-    run_dir = Path(run_dir)
-    root = run_dir / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".tmp_*"):  # left by a crash mid-write; `latest` never names one
-        shutil.rmtree(stale, ignore_errors=True)
-    name = _unused_name(root, step)
-    tmp = root / f".tmp_{name}"
-    tmp.mkdir()
+    final, tmp = begin_checkpoint(run_dir, step)
     write_model(str(tmp / "model.safetensors"))
-    tensors: dict[str, torch.Tensor] = {}
-    skeleton = _split_tree(state, "s", tensors)
-    save_file(tensors, str(tmp / "state.safetensors"))
-    meta = {"step": step, "model_config": cfg.to_dict(), "state": skeleton}
-    fingerprint = tokenizer_fingerprint(run_dir)
-    if fingerprint is not None:
-        meta["tokenizer_sha256"] = fingerprint
-    write_json_atomic(tmp / "state.json", meta)
-    final = root / name
-    os.replace(tmp, final)  # `name` is unused, so no checkpoint is replaced here
-    write_text_atomic(run_dir / LATEST_FILE, name)
-    _prune(root, name, keep_last)
-    return final
+    write_state(run_dir, tmp, step, cfg, state)
+    return commit_checkpoint(run_dir, final, tmp, keep_last)
 
 
 def _prune(root: Path, current: str, keep_last: int) -> None:

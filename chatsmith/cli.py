@@ -39,9 +39,9 @@ def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-@stage_command(app, PretrainConfig)
+@stage_command(app, PretrainConfig, scale=True)
 def pretrain(config, run, reporter):
-    """Train a BPE tokenizer and a GPT from scratch on raw text."""
+    """Train a BPE tokenizer and a GPT from scratch on raw text, or a GPT on token shards."""
     from chatsmith.training.pretrain import pretrain as run_pretrain
 
     result = run_pretrain(config, run, reporter)
@@ -235,6 +235,7 @@ def rl(config, run, reporter):
     SFTConfig,
     start=("base_run", "Pretrained run to fine-tune (its latest checkpoint); not with --resume."),
     usage="give the pretrained run to fine-tune: chatsmith sft BASE_RUN",
+    scale=True,
 )
 def sft(config, run, reporter):
     """Fine-tune a pretrained model on conversations so that it answers as a chat assistant."""
@@ -561,6 +562,48 @@ def attention(
         f"attention maps: {path} ({len(maps.tokens)} tokens, {maps.weights.shape[0]} layers x "
         f"{maps.weights.shape[1]} heads)"
     )
+
+
+@app.command()
+def tokenize(
+    data: str = typer.Argument(
+        ..., help="Text file, folder, .jsonl, .parquet or hf:NAME[:split] to tokenize."
+    ),
+    tokenizer: str = typer.Option(
+        ..., "--tokenizer", help="A run folder or tokenizer.json to use, or 'new' to train one."
+    ),
+    out: Path = typer.Option(..., "--out", help="Folder for the shards (resumed if interrupted)."),
+    shard_tokens: int = typer.Option(100_000_000, help="Tokens per shard."),
+    val_share: float = typer.Option(0.005, help="Share of documents held out (val.bin)."),
+    vocab_size: int = typer.Option(2048, help="With --tokenizer new: BPE vocabulary size."),
+    tokenizer_mb: float = typer.Option(100.0, help="With --tokenizer new: MB of text to train on."),
+    workers: Optional[int] = typer.Option(None, help="Tokenizing processes (default: all cores)."),
+) -> None:
+    """Tokenize a corpus once into memory-mapped shards for `chatsmith pretrain --data SHARDS`."""
+    from tqdm import tqdm
+
+    from chatsmith.data.shards import resolve_tokenizer, write_shards
+    from chatsmith.data.sources import iter_documents, local_size
+
+    tok_file = resolve_tokenizer(tokenizer, iter_documents(data), out, vocab_size, tokenizer_mb)
+    bar = tqdm(
+        total=local_size(data), unit="B", unit_scale=True, unit_divisor=1000, file=sys.stderr
+    )
+
+    def on_progress(p) -> None:
+        bar.set_postfix_str(f"{p.documents:,} docs, {p.tokens:,} tokens", refresh=False)
+        bar.update(p.bytes - bar.n)
+
+    index = write_shards(
+        iter_documents(data), tok_file, out, shard_tokens, val_share, workers, on_progress
+    )
+    bar.close()
+    train = sum(s["tokens"] for s in index["train"])
+    print(
+        f"shards: {out}  {len(index['train'])} training shards, {train:,} tokens "
+        f"({index['dtype']}), held out {index['val']['tokens']:,} tokens"
+    )
+    print(f"next: chatsmith pretrain --data {out}")
 
 
 def main() -> None:

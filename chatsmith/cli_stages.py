@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -93,6 +94,33 @@ def _run_params(config_cls: type) -> list[inspect.Parameter]:
     return params
 
 
+def _scale_params() -> list[inspect.Parameter]:
+    """Options of the stages that train over several processes (under torchrun)."""
+    return [
+        _param(
+            "parallel",
+            Optional[str],
+            typer.Option(
+                None, "--parallel", help="Under torchrun: ddp (default) or fsdp (FSDP2 shards)."
+            ),
+        ),
+        _param(
+            "activation_checkpointing",
+            bool,
+            typer.Option(
+                False,
+                "--activation-checkpointing",
+                help="Recompute activations in the backward pass: less memory, more compute.",
+            ),
+        ),
+    ]
+
+
+def main_process() -> bool:
+    """Under torchrun only rank 0 speaks; the others train in silence."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def report(result, as_json: bool, extra: dict | None = None) -> None:
     """A training stage's figures on stdout: one JSON object, or lines for people."""
     figures = {**result.to_dict(), **(extra or {})}
@@ -113,9 +141,12 @@ def stage_command(
     config_cls: type,
     start: tuple[str, str] | None = None,
     usage: str = "",
+    scale: bool = False,
 ) -> Callable[[StageFn], Callable]:
     """Register `fn` as the command named after it. `start` = (config field, help) adds the
-    positional run a derived stage starts from; `usage` is the error when it is missing."""
+    positional run a derived stage starts from; `usage` is the error when it is missing;
+    `scale` adds --parallel and --activation-checkpointing (how this launch trains, so they
+    are run settings, not saved with the stage's)."""
 
     def decorate(fn: StageFn) -> Callable:
         def command(**kw) -> None:
@@ -139,15 +170,22 @@ def stage_command(
                 kw.pop("seed"),
                 kw.pop("allow_data_change", False),
             )
+            if scale:
+                run.parallel = kw.pop("parallel")
+                run.activation_checkpointing = kw.pop("activation_checkpointing")
             config = resume_config(config_cls, run, kw)
-            reporter = Reporter()
+            reporter = Reporter(quiet=not main_process())
             reporter.say(f"run folder: {run.out}  device: {run.device}")
             result, extra, next_steps = fn(config, run, reporter)
+            if not main_process():
+                return
             report(result, as_json, extra)
             if not as_json:
                 print(next_steps)
 
         params = _config_params(config_cls) + _run_params(config_cls)
+        if scale:
+            params += _scale_params()
         if start is not None:
             arg = typer.Argument(None, help=start[1], metavar=start[0].upper())
             params.insert(

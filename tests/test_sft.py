@@ -183,8 +183,9 @@ def test_padding_is_never_learned(tok):
     obj = SFT(examples, examples, tok, batch_size=2, seed=0, device=torch.device("cpu"))
     batch = obj.next_batch(None)
     x, y = batch["x"], batch["y"]
-    short = min(range(2), key=lambda r: len(examples[r][0]))
-    n = len(examples[short][0])
+    rows = [examples[obj.order[k]] for k in range(2)]  # the examples in the order drawn
+    short = min(range(2), key=lambda r: len(rows[r][0]))
+    n = len(rows[short][0])
     assert (x[short, n:] == tok.pad_id).all() and (y[short, n:] == IGNORE_INDEX).all()
     assert obj.batch_tokens(batch) == sum(len(e[0]) for e in examples)
 

@@ -178,3 +178,10 @@ def iter_documents(spec: str | Path, field: str = "text") -> Iterator[str]:
             yield doc
     if count == 0:
         raise ChatsmithError(f"{spec_s} contains no text")
+
+
+def local_size(spec: str | Path) -> int | None:
+    """Bytes of the files a local source names (for a progress bar's total); None for hf:."""
+    if str(spec).startswith("hf:"):
+        return None
+    return sum(p.stat().st_size for p in _files_of(Path(spec)))

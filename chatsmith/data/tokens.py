@@ -1,9 +1,11 @@
-"""Token streams for language modelling: documents -> one long tensor -> fixed-length windows."""
+"""Token streams for language modelling: documents -> token arrays -> fixed-length windows."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import bisect
+from collections.abc import Iterable, Sequence
 
+import numpy as np
 import torch
 
 from chatsmith.data.batching import EpochOrder
@@ -45,28 +47,57 @@ def tokenize_documents(
 class TokenWindows:
     """Shuffled, non-overlapping windows of `seq_len + 1` tokens, drawn `batch_size` at a time.
 
-    The order is an `EpochOrder`, so the loader's whole state is the number of windows drawn.
+    `tokens` is one array or a list of them (memory-mapped shards); windows never cross an
+    array's end. The order is an `EpochOrder`, so the loader's whole state is the number of
+    windows drawn so far. `batch_size` is the global batch: with `world` > 1
+    each rank takes rows [rank * B / world, (rank + 1) * B / world) of it, so N processes read
+    exactly the rows one process would, and a resume may change the number of processes.
     """
 
-    def __init__(self, tokens: torch.Tensor, seq_len: int, batch_size: int, seed: int):
-        self.n_windows = (len(tokens) - 1) // seq_len
+    def __init__(
+        self,
+        tokens: torch.Tensor | np.ndarray | Sequence[torch.Tensor | np.ndarray],
+        seq_len: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+    ):
+        arrays = list(tokens) if isinstance(tokens, (list, tuple)) else [tokens]
+        counts = [max(0, (len(a) - 1) // seq_len) for a in arrays]
+        self.n_windows = sum(counts)
         if self.n_windows < 1:
             raise ChatsmithError(
-                f"the data has {len(tokens)} tokens, fewer than one training sequence "
-                f"({seq_len + 1}); give more text or a shorter --seq-len"
+                f"the data has {sum(len(a) for a in arrays)} tokens, fewer than one training "
+                f"sequence ({seq_len + 1}); give more text or a shorter --seq-len"
             )
-        self.tokens, self.seq_len, self.batch_size, self.seed = tokens, seq_len, batch_size, seed
+        if batch_size % world:
+            raise ChatsmithError(
+                f"batch size {batch_size} does not split evenly over {world} processes; "
+                f"give a --batch-size divisible by {world}"
+            )
+        self.arrays = [a for a, c in zip(arrays, counts) if c]
+        self.starts = np.cumsum([0] + [c for c in counts if c]).tolist()  # first window per array
+        self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
+        self.rank, self.world = rank, world
         self.position = 0
         self.order = EpochOrder(self.n_windows, seed)
 
     def _window(self, index: int) -> torch.Tensor:
-        start = self.order[index] * self.seq_len
-        return self.tokens[start : start + self.seq_len + 1]
+        w = self.order[index]
+        a = bisect.bisect_right(self.starts, w) - 1
+        start = (w - self.starts[a]) * self.seq_len
+        row = self.arrays[a][start : start + self.seq_len + 1]
+        if isinstance(row, np.ndarray):
+            return torch.from_numpy(row.astype(np.int64))
+        return row.long()
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = torch.stack([self._window(self.position + j) for j in range(self.batch_size)])
+        """This rank's rows of the next global batch, as (inputs, targets)."""
+        local = self.batch_size // self.world
+        first = self.position + self.rank * local
+        rows = torch.stack([self._window(first + j) for j in range(local)])
         self.position += self.batch_size
-        rows = rows.long()
         return rows[:, :-1], rows[:, 1:]
 
     @property

@@ -12,6 +12,7 @@ again override them.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,8 @@ class RunConfig:
     # resume even if the data's fingerprint differs (with a warning); asked anew each time,
     # so run.json does not keep it
     allow_data_change: bool = False
+    parallel: str | None = None  # ddp or fsdp under torchrun (ddp when WORLD_SIZE > 1)
+    activation_checkpointing: bool = False
 
     def budget(self) -> dict:
         """What run.json keeps of these settings (read back on --resume)."""
@@ -79,7 +82,7 @@ class TrainConfig:
     grad_accum: int = option(1, "Micro-batches per optimizer step.")
     lr: float = option(3e-3, "Peak learning rate.")
     min_lr_ratio: float = 0.1
-    warmup_steps: int = 30
+    warmup_steps: int = option(30, "Steps of linear learning-rate warmup.")
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -87,7 +90,7 @@ class TrainConfig:
     optimizer: str = option("adamw", "muon (AdamW for embeddings and norms) or adamw.")
     muon_lr: float = 0.02
     eval_every: int = option(200, "Steps between held-out evaluations.")
-    log_every: int = 10
+    log_every: int = option(10, "Steps between logged training figures.")
     save_every: int = option(500, "Steps between checkpoints.")
     keep_last: int = 3
     compile: bool | None = option(
@@ -103,8 +106,8 @@ class PretrainConfig(TrainConfig):
     fingerprints_data: ClassVar[bool] = True
     data: str = option(
         BUILTIN_NAME,
-        "Text file, folder, .jsonl (text field), .parquet, hf:NAME[:split], the built-in corpus "
-        "or builtin:python-stdlib (code)",
+        "Text file, folder, .jsonl (text field), .parquet, hf:NAME[:split], a folder of token "
+        "shards (chatsmith tokenize), the built-in corpus or builtin:python-stdlib (code)",
     )
     val_data: str | None = option(
         None, "Held-out data (default: the built-in split, or the last 5% of --data)."
@@ -204,7 +207,9 @@ def _cpu() -> torch.device:
 
 
 def new_run_dir(stage: str) -> Path:
-    return Path("runs") / f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # under torchrun every process must name the same folder: the job's id does
+    stamp = os.environ.get("TORCHELASTIC_RUN_ID") or time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stage}-{stamp}"
 
 
 def resolve_run(

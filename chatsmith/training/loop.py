@@ -26,12 +26,20 @@ from chatsmith.checkpoint import (
     write_json_atomic,
 )
 from chatsmith.errors import ChatsmithError
-from chatsmith.models import ModelConfig
+from chatsmith.models import ModelConfig, model_card
 from chatsmith.reporting import Reporter
 from chatsmith.runtime import autocast, configure_cuda, rng_state, set_rng_state
 from chatsmith.training.config import RunConfig, TrainConfig
 from chatsmith.training.metrics import MetricsLog, OverfitWatch, plot_curves
 from chatsmith.training.optim import build_optimizers, lr_factor, set_lr
+from chatsmith.training.parallel import (
+    ParallelPlan,
+    load_full_weights,
+    load_sharded,
+    peak_flops,
+    save_sharded_checkpoint,
+    shard_optimizer_state,
+)
 from chatsmith.validation import Field, check_record
 
 
@@ -59,7 +67,7 @@ class Objective(Protocol):
 
 # what `checkpoint()` below saves besides the model, checked when a run resumes
 TRAIN_STATE = {
-    "optimizers": Field(list),
+    "optimizers": Field(list, optional=True),  # absent from FSDP2 checkpoints (in dcp/)
     "objective": Field(dict),
     "rng": Field(dict),
     "elapsed": Field(float, lo=0),
@@ -94,7 +102,10 @@ def _budget_progress(step: int, elapsed: float, run: RunConfig) -> float:
 class Trainer:
     """One training run: `fit` repeats `step` until the budget is spent, evaluating and
     checkpointing on the way. State that resume restores lives in `step`, `elapsed`,
-    `tokens_seen`, the optimizers, the objective and the RNG."""
+    `tokens_seen`, the optimizers, the objective and the RNG.
+
+    `plan` says how this process shares the work with others (see training/parallel.py); the
+    loop calls its hooks, which do nothing in a single process."""
 
     def __init__(
         self,
@@ -104,10 +115,14 @@ class Trainer:
         config: TrainConfig,
         run: RunConfig,
         reporter: Reporter,
+        plan: ParallelPlan,
     ):
         self.model, self.cfg, self.objective = model, cfg, objective
         self.config, self.run, self.reporter = config, run, reporter
-        self.run_dir, self.device = Path(run.out), run.device
+        self.run_dir, self.device, self.plan = Path(run.out), run.device, plan
+        self.flops_per_token = model_card(cfg, model)["flops_per_token"]
+        self.peak_flops = peak_flops(self.device)
+        plan.prepare(model)  # activation checkpointing; FSDP2 shards the parameters in place
         self.optimizers = build_optimizers(
             model,
             config.optimizer,
@@ -118,7 +133,10 @@ class Trainer:
         )
         self.step, self.elapsed, self.tokens_seen = 0, 0.0, 0
         use_compile = config.compile if config.compile is not None else self.device.type == "cuda"
-        self.fwd_model = torch.compile(model) if use_compile else model
+        self.fwd_model = plan.forward_model(model)  # DDP's wrapper, or the model itself
+        if use_compile:
+            self.fwd_model = torch.compile(self.fwd_model)
+        self.metrics: MetricsLog | None = None
         self.watch = OverfitWatch()
         self.loss_window: list[float] = []
         self.smooth_loss = self.last_loss = math.nan
@@ -130,15 +148,23 @@ class Trainer:
         check_data_unchanged(self.run_dir, data, self.run.allow_data_change, self.reporter.say)
         ckpt = load_checkpoint(self.run_dir)
         check_record(ckpt.state, TRAIN_STATE, f"checkpoint {ckpt.path} training state")
-        if len(ckpt.state["optimizers"]) != len(self.optimizers):
-            raise ChatsmithError(
-                f"checkpoint {ckpt.path} holds {len(ckpt.state['optimizers'])} optimizer "
-                f"states but --optimizer {self.config.optimizer} uses {len(self.optimizers)}: "
-                "resume with the optimizer the run started with"
-            )
-        load_model_weights(self.model, ckpt)
-        for opt, sd in zip(self.optimizers, ckpt.state["optimizers"]):
-            opt.load_state_dict(sd)
+        if ckpt.is_sharded:  # written by FSDP2: any number of processes can read it
+            load_sharded(ckpt.path, self.model, self.optimizers)
+        else:
+            saved = ckpt.state.get("optimizers", [])
+            if len(saved) != len(self.optimizers):
+                raise ChatsmithError(
+                    f"checkpoint {ckpt.path} holds {len(saved)} optimizer "
+                    f"states but --optimizer {self.config.optimizer} uses "
+                    f"{len(self.optimizers)}: resume with the optimizer the run started with"
+                )
+            if self.plan.mode == "fsdp":
+                load_full_weights(self.model, ckpt.model_weights())
+            else:
+                load_model_weights(self.model, ckpt)
+            for opt, sd in zip(self.optimizers, saved):
+                opt.load_state_dict(sd)
+            shard_optimizer_state(self.optimizers)
         self.objective.load_state_dict(ckpt.state["objective"])
         set_rng_state(ckpt.state["rng"])
         self.step, self.elapsed = ckpt.step, ckpt.state["elapsed"]
@@ -147,49 +173,71 @@ class Trainer:
     def progress(self) -> float:
         return _budget_progress(self.step, self.elapsed, self.run)
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, final: bool = False) -> None:
+        """FSDP2: every rank writes its shards (and at the end the whole model too); otherwise
+        rank 0 writes the usual checkpoint."""
         state = {
-            "optimizers": [opt.state_dict() for opt in self.optimizers],
             "objective": self.objective.state_dict(),
             "rng": rng_state(),
             "elapsed": self.elapsed,
             "tokens": self.tokens_seen,
         }
-        save_checkpoint(self.run_dir, self.step, self.model, self.cfg, state, self.config.keep_last)
+        keep = self.config.keep_last
+        if self.plan.mode == "fsdp":
+            args = (self.run_dir, self.step, self.model, self.optimizers, self.cfg, state, keep)
+            save_sharded_checkpoint(self.plan, *args, final)
+            return
+        if self.plan.is_main:
+            state["optimizers"] = [opt.state_dict() for opt in self.optimizers]
+            save_checkpoint(self.run_dir, self.step, self.model, self.cfg, state, keep)
+        self.plan.barrier()
+
+    def log(self, record: dict) -> None:
+        if self.metrics is not None:  # rank 0 only
+            self.metrics.write(record)
 
     def evaluate(self, final: bool = False) -> dict:
-        with autocast(self.device):
+        with autocast(self.device):  # every rank evaluates: FSDP2's forward needs them all
             result = self.objective.evaluate(self.model, final)
-        self.metrics.write({"step": self.step, **result})
+        self.log({"step": self.step, **result})
         return result
 
     def train_step(self) -> None:
         """One optimizer step over `grad_accum` micro-batches, then the log line."""
-        config, objective = self.config, self.objective
+        config, objective, plan = self.config, self.objective, self.plan
         t0 = time.perf_counter()
         factor = lr_factor(self.step, self.progress(), config.warmup_steps, config.min_lr_ratio)
         set_lr(self.optimizers, factor)
         step_loss, step_tokens, extras = 0.0, 0, {}
-        for _ in range(config.grad_accum):
+        for micro in range(config.grad_accum):
             batch = objective.next_batch(self.model)
-            with autocast(self.device):
-                loss, extras = objective.loss(self.fwd_model, batch)
-            if not torch.isfinite(loss):
-                raise ChatsmithError(
-                    f"loss became {loss.item()} at step {self.step}; lower --lr or check the data"
-                )
-            (loss / config.grad_accum).backward()
+            with plan.grad_sync(self.fwd_model, micro == config.grad_accum - 1):
+                with autocast(self.device):
+                    loss, extras = objective.loss(self.fwd_model, batch)
+                if not torch.isfinite(loss):
+                    raise ChatsmithError(
+                        f"loss became {loss.item()} at step {self.step}; "
+                        "lower --lr or check the data"
+                    )
+                loss = plan.weigh_loss(loss, batch)
+                (loss / config.grad_accum).backward()
             step_loss += loss.item() / config.grad_accum
             step_tokens += objective.batch_tokens(batch)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip))
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        grad_norm = plan.grad_norm(norm)
         for opt in self.optimizers:
             opt.step()
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        self.elapsed += dt
+        # every rank takes the mean loss, the summed tokens and the slowest clock, so that the
+        # schedule and the budget stop are the same everywhere
+        before = self.elapsed
+        step_loss, step_tokens, self.elapsed = plan.reduce_step(
+            step_loss, step_tokens, self.elapsed + time.perf_counter() - t0
+        )
+        dt = self.elapsed - before
         self.step += 1
         self.tokens_seen += step_tokens
         self.last_loss = step_loss
@@ -199,18 +247,19 @@ class Trainer:
         self.smooth_loss = step_loss if math.isnan(s) else 0.9 * s + 0.1 * step_loss
         tok_s = step_tokens / dt
         if self.step % config.log_every == 0 or self.step == 1:
-            self.metrics.write(
-                {
-                    "step": self.step,
-                    "loss": sum(self.loss_window) / len(self.loss_window),
-                    "lr_factor": factor,
-                    "grad_norm": grad_norm,
-                    "tokens_per_s": tok_s,
-                    "tokens": self.tokens_seen,
-                    "elapsed_s": self.elapsed,
-                    **extras,
-                }
-            )
+            record = {
+                "step": self.step,
+                "loss": sum(self.loss_window) / len(self.loss_window),
+                "lr_factor": factor,
+                "grad_norm": grad_norm,
+                "tokens_per_s": tok_s,  # summed over ranks
+                "tokens": self.tokens_seen,
+                "elapsed_s": self.elapsed,
+                **extras,
+            }
+            if self.peak_flops is not None:  # model FLOPs utilisation of all ranks' devices
+                record["mfu"] = tok_s * self.flops_per_token / (self.peak_flops * plan.world)
+            self.log(record)
             self.loss_window.clear()
         progress = self.progress()
         eta = self.elapsed / progress * (1 - progress) if progress > 0 else math.nan
@@ -228,10 +277,11 @@ class Trainer:
             warning = self.watch.check(self.smooth_loss, result["val_loss"])
             if warning:
                 self.reporter.say(f"warning: {warning}")
-                self.metrics.write({"step": self.step, "warning": warning})
+                self.log({"step": self.step, "warning": warning})
 
     def fit(self) -> TrainResult:
-        self.metrics = MetricsLog(self.run_dir, resume_step=self.step)
+        if self.plan.is_main:
+            self.metrics = MetricsLog(self.run_dir, resume_step=self.step)
         self.reporter.begin(self.objective.name, self.run.max_steps, self.step)
         self.model.train()
         while self.progress() < 1.0:
@@ -242,8 +292,9 @@ class Trainer:
                 self.checkpoint()
         self.reporter.end()
         final = self.evaluate(final=True)
-        self.checkpoint()
-        plot_curves(self.run_dir)
+        self.checkpoint(final=True)
+        if self.plan.is_main:
+            plot_curves(self.run_dir)
         return TrainResult(
             self.run_dir, self.step, self.elapsed, self.tokens_seen, final, self.last_loss
         )
@@ -257,22 +308,28 @@ def train(
     run: RunConfig,
     run_info: dict,
     reporter: Reporter | None = None,
+    plan: ParallelPlan | None = None,
 ) -> TrainResult:
     """Train `model` with `objective` until the step or time budget of `run` is spent.
 
     The caller seeds the RNG (seed_everything) before building the model and objective, so that
     initialisation is reproducible too. A new run writes run.json (`run_info` plus the model
-    and loop settings); a resumed one continues from its latest checkpoint.
+    and loop settings); a resumed one continues from its latest checkpoint. `plan` (one process
+    when None) is the caller's, which built the objective to draw this rank's slice of each
+    global batch.
     """
     if not run.max_steps and not run.max_minutes:
         raise ChatsmithError("give a budget: --max-steps and/or --max-minutes")
     Path(run.out).mkdir(parents=True, exist_ok=True)
     configure_cuda()
     model.to(run.device)
-    trainer = Trainer(model, cfg, objective, config, run, reporter or Reporter())
+    plan = plan or ParallelPlan(
+        device=run.device, activation_checkpointing=run.activation_checkpointing
+    )
+    trainer = Trainer(model, cfg, objective, config, run, reporter or Reporter(), plan)
     if run.resume:
         trainer.restore(run_info.get("data"))
-    else:
+    elif plan.is_main:
         info = {**run_info, "model": cfg.to_dict(), "train": asdict(config)}
         write_json_atomic(Path(run.out) / RUN_FILE, info)
     return trainer.fit()

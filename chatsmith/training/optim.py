@@ -30,6 +30,17 @@ def _newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
     return (x.T if transposed else x).to(g.dtype)
 
 
+def _orthogonalize(update: torch.Tensor) -> torch.Tensor:
+    """Newton-Schulz of the whole matrix, also when FSDP2 holds only rows of it on this rank:
+    then every rank gathers the full matrix, orthogonalizes it and keeps its own rows."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not isinstance(update, DTensor):
+        return _newton_schulz(update)
+    full = _newton_schulz(update.full_tensor())
+    return distribute_tensor(full, update.device_mesh, update.placements, src_data_rank=None)
+
+
 class Muon(torch.optim.Optimizer):
     """Momentum SGD whose update of each hidden weight matrix is orthogonalized."""
 
@@ -48,7 +59,7 @@ class Muon(torch.optim.Optimizer):
                 buf = state["momentum"]
                 buf.lerp_(p.grad, 1 - group["momentum"])
                 update = p.grad.lerp(buf, group["momentum"])  # Nesterov
-                update = _newton_schulz(update)
+                update = _orthogonalize(update)
                 scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
                 if group["weight_decay"]:
                     p.mul_(1 - group["lr"] * group["weight_decay"])
@@ -92,7 +103,7 @@ def build_optimizers(
             betas=betas,
             **fused,
         )
-        return [Muon(matrices, lr=muon_lr, weight_decay=0.0), adam]
+        return _with_base_lr([Muon(matrices, lr=muon_lr, weight_decay=0.0), adam])
     adam = torch.optim.AdamW(
         [
             {"params": matrices + embeddings, "weight_decay": weight_decay},
@@ -102,7 +113,16 @@ def build_optimizers(
         betas=betas,
         **fused,
     )
-    return [adam]
+    return _with_base_lr([adam])
+
+
+def _with_base_lr(optimizers: list[torch.optim.Optimizer]) -> list[torch.optim.Optimizer]:
+    """Record each group's peak rate from the start, so that it is part of every optimizer
+    state dict (a sharded checkpoint restores only the keys a fresh optimizer already has)."""
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["base_lr"] = group["lr"]
+    return optimizers
 
 
 def lr_factor(step: int, progress: float, warmup_steps: int, min_ratio: float) -> float:

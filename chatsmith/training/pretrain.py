@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -13,6 +14,13 @@ from chatsmith.checkpoint import data_fingerprint
 from chatsmith.data import chitchat
 from chatsmith.data.code import code_files, is_code_source
 from chatsmith.data.fim import check_rate, fim_token_stream
+from chatsmith.data.shards import (
+    INDEX_FILE,
+    TokenShards,
+    fingerprint,
+    is_shard_folder,
+    open_shards,
+)
 from chatsmith.data.sources import iter_documents
 from chatsmith.data.splits import split_tail
 from chatsmith.data.tokens import TokenWindows, tokenize_documents
@@ -28,9 +36,10 @@ from chatsmith.models import (
 )
 from chatsmith.reporting import Reporter
 from chatsmith.runtime import seed_everything
-from chatsmith.tokenizer import Tokenizer
+from chatsmith.tokenizer import TOKENIZER_FILE, Tokenizer
 from chatsmith.training.config import PretrainConfig, RunConfig
 from chatsmith.training.loop import TrainResult, train
+from chatsmith.training.parallel import ParallelPlan, plan_from_env
 
 QUICK_EVAL_TOKENS = 32_768
 
@@ -42,18 +51,22 @@ class LanguageModeling:
 
     def __init__(
         self,
-        train_tokens: torch.Tensor,
+        train_tokens,
         val_tokens: torch.Tensor,
         tok: Tokenizer,
         seq_len: int,
         batch_size: int,
         seed: int,
         device: torch.device,
+        plan: ParallelPlan | None = None,
     ):
-        self.windows = TokenWindows(train_tokens, seq_len, batch_size, seed)
+        """`train_tokens`: one tensor or a list of (memory-mapped) arrays; `batch_size` is the
+        global batch, of which this process draws its plan's slice."""
+        rank, world = (plan.rank, plan.world) if plan is not None else (0, 1)
+        self.windows = TokenWindows(train_tokens, seq_len, batch_size, seed, rank, world)
         self.val_tokens, self.seq_len, self.device = val_tokens, seq_len, device
         self.bytes_per_token = torch.tensor(tok.bytes_per_token, dtype=torch.long)
-        self.eval_batch = batch_size
+        self.eval_batch = max(1, batch_size // world)
 
     def next_batch(self, model: nn.Module) -> dict:
         x, y = self.windows.next_batch()
@@ -119,6 +132,60 @@ def load_corpus(
     return train_docs, val_docs
 
 
+def _shard_data(
+    config: PretrainConfig, out: Path, resume: bool, main: bool
+) -> tuple[TokenShards, Tokenizer, list, torch.Tensor]:
+    """Token shards named by --data: their tokenizer becomes the run's (a resumed run checks
+    that they still match it); held-out tokens from --val-data or the shards' own."""
+    shards = open_shards(config.data, fingerprint(out / TOKENIZER_FILE) if resume else None)
+    tok = shards.tokenizer
+    if not resume and main:
+        tok.save(out)
+    if config.val_data:
+        val_docs = _take(iter_documents(config.val_data), config.max_text_mb * 1e6)
+        val_tokens = tokenize_documents(tok, val_docs)
+    else:
+        val_tokens = torch.from_numpy(shards.val().astype("int64"))
+    return shards, tok, shards.train(), val_tokens
+
+
+def _text_data(
+    config: PretrainConfig, out: Path, run: RunConfig, main: bool, reporter: Reporter
+) -> tuple[torch.Tensor, torch.Tensor, Tokenizer]:
+    """Text or code named by --data, tokenized in memory with the run's tokenizer (trained
+    unless resuming), with --fim applied; held-out tokens from --val-data or cut from the end."""
+    fim = check_rate(config.fim)
+    train_docs, val_docs = load_corpus(
+        config.data, config.val_data, config.max_text_mb, config.include, reporter.say
+    )
+    if run.resume:
+        tok = Tokenizer.load(out)
+    else:
+        reporter.phase("tokenizer")
+        reporter.say(
+            f"training a {config.vocab_size}-token BPE tokenizer on {len(train_docs):,} documents"
+        )
+        tok = Tokenizer.train(
+            train_docs,
+            config.vocab_size,
+            progress=reporter.shows_tool_progress(),
+            notify=reporter.say,
+        )
+        if main:
+            tok.save(out)
+    if fim > 0:
+        reporter.say(
+            f"fill-in-the-middle: {fim:.0%} of context-sized pieces (PSM and SPM, half each)"
+        )
+        train_tokens = fim_token_stream(tok, train_docs, fim, config.seq_len, run.seed)
+    else:
+        train_tokens = tokenize_documents(tok, train_docs)
+    if val_docs is None:
+        train_tokens, val_tokens = split_tail(train_tokens)
+        return train_tokens, val_tokens, tok
+    return train_tokens, tokenize_documents(tok, val_docs), tok
+
+
 def model_config(config: PretrainConfig, vocab_size: int) -> ModelConfig:
     sizes = {
         "vocab_size": vocab_size,
@@ -135,57 +202,36 @@ def model_config(config: PretrainConfig, vocab_size: int) -> ModelConfig:
 def pretrain(
     config: PretrainConfig, run: RunConfig, reporter: Reporter | None = None
 ) -> TrainResult:
-    """Train a tokenizer (unless resuming) and a decoder-only model into `run.out`."""
+    """Train a tokenizer (unless resuming or given token shards) and a decoder-only model into
+    `run.out`, in this process or as one rank of a torchrun job."""
     reporter = reporter or Reporter()
     seed_everything(run.seed)
     out = Path(run.out)
-    fim = check_rate(config.fim)
-    train_docs, val_docs = load_corpus(
-        config.data, config.val_data, config.max_text_mb, config.include, reporter.say
-    )
-    if run.resume:
-        tok = Tokenizer.load(out)
+    plan = plan_from_env(run.parallel, run.device, run.activation_checkpointing)
+    out.mkdir(parents=True, exist_ok=True)
+    if is_shard_folder(config.data):
+        shards, tok, train_tokens, val_tokens = _shard_data(config, out, run.resume, plan.is_main)
+        n_train = shards.train_tokens
+        # the index names every shard's size and the tokenizer: hashing it stands for the data
+        index = hashlib.sha256((Path(config.data) / INDEX_FILE).read_bytes()).hexdigest()
+        data = {"train_tokens": n_train, "val_tokens": len(val_tokens), "sha256": index}
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        reporter.phase("tokenizer")
-        reporter.say(
-            f"training a {config.vocab_size}-token BPE tokenizer on {len(train_docs):,} documents"
-        )
-        tok = Tokenizer.train(
-            train_docs,
-            config.vocab_size,
-            progress=reporter.shows_tool_progress(),
-            notify=reporter.say,
-        )
-        tok.save(out)
+        train_tokens, val_tokens, tok = _text_data(config, out, run, plan.is_main, reporter)
+        n_train = len(train_tokens)
+        data = data_fingerprint(train=train_tokens, val=val_tokens)
     cfg = model_config(config, tok.vocab_size)
-    if fim > 0:
-        reporter.say(
-            f"fill-in-the-middle: {fim:.0%} of context-sized pieces (PSM and SPM, half each)"
-        )
-        train_tokens = fim_token_stream(tok, train_docs, fim, cfg.max_seq_len, run.seed)
-    else:
-        train_tokens = tokenize_documents(tok, train_docs)
-    if val_docs is None:
-        train_tokens, val_tokens = split_tail(train_tokens)
-    else:
-        val_tokens = tokenize_documents(tok, val_docs)
     if len(val_tokens) < 2:
         raise ChatsmithError("held-out data is too small to evaluate; give --val-data")
     model = build_model(cfg)
-    objective = LanguageModeling(
-        train_tokens, val_tokens, tok, cfg.max_seq_len, config.batch_size, run.seed, run.device
-    )
-    reporter.say(
-        f"data: {len(train_tokens):,} training tokens, {len(val_tokens):,} held-out tokens"
-    )
+    sizes = (cfg.max_seq_len, config.batch_size, run.seed)
+    objective = LanguageModeling(train_tokens, val_tokens, tok, *sizes, plan.device, plan)
+    reporter.say(f"data: {n_train:,} training tokens, {len(val_tokens):,} held-out tokens")
     reporter.say(format_card(model_card(cfg, model)))
-    info = {
-        "stage": "pretrain",
-        "args": asdict(config),
-        "flags": run.budget(),
-        "data": data_fingerprint(train=train_tokens, val=val_tokens),
-    }
+    info = {"stage": "pretrain", "args": asdict(config), "flags": run.budget(), "data": data}
     if is_code_source(config.data, config.include):
         info["kind"] = "code"  # completes code (`chatsmith complete`); not a chat model
-    return train(model, cfg, objective, config, run, info, reporter)
+    run = replace(run, device=plan.device)  # cuda:LOCAL_RANK under torchrun
+    try:
+        return train(model, cfg, objective, config, run, info, reporter, plan)
+    finally:
+        plan.close()

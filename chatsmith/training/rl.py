@@ -30,6 +30,7 @@ run stopped and resumed takes the same steps as one that never stopped.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -293,6 +294,8 @@ def _reference(model: nn.Module, cfg: ModelConfig, run: RunConfig) -> nn.Module:
 def rl(config: RLConfig, run: RunConfig, reporter: Reporter | None = None) -> TrainResult:
     """Improve the model of run `config.run` on `config.task` by GRPO-style RL."""
     reporter = reporter or Reporter()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ChatsmithError("rl trains in one process; start it without torchrun")
     seed_everything(run.seed)
     task = get_task(config.task)
     start = start_model(run, config.run, "trained by RL")

@@ -10,7 +10,7 @@ Examples are padded per batch to the longest one in it.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import torch
 from torch import nn
@@ -28,6 +28,7 @@ from chatsmith.runtime import seed_everything
 from chatsmith.tokenizer import Tokenizer
 from chatsmith.training.config import RunConfig, SFTConfig
 from chatsmith.training.loop import TrainResult, train
+from chatsmith.training.parallel import ParallelPlan, plan_from_env
 from chatsmith.training.start import start_model
 
 QUICK_EVAL_EXAMPLES = 128
@@ -114,7 +115,14 @@ class SFT:
         batch_size: int,
         seed: int,
         device: torch.device,
+        plan: ParallelPlan | None = None,
     ):
+        """`batch_size` is the global batch; this process draws its plan's slice of it."""
+        self.rank, self.world = (plan.rank, plan.world) if plan is not None else (0, 1)
+        if batch_size % self.world:
+            raise ChatsmithError(
+                f"batch size {batch_size} does not split evenly over {self.world} processes"
+            )
         if not train_examples:
             raise ChatsmithError(
                 "no training examples: no conversation has an assistant turn "
@@ -132,7 +140,9 @@ class SFT:
         self.order = EpochOrder(len(self.train), seed)
 
     def next_batch(self, model: nn.Module) -> dict:
-        batch = [self.train[self.order[self.position + j]] for j in range(self.batch_size)]
+        local = self.batch_size // self.world
+        first = self.position + self.rank * local
+        batch = [self.train[self.order[first + j]] for j in range(local)]
         self.position += self.batch_size
         x, y = pad_examples(batch, self.tok.pad_id)
         return {
@@ -188,6 +198,7 @@ def sft(config: SFTConfig, run: RunConfig, reporter: Reporter | None = None) -> 
     if config.task and config.data:
         raise ChatsmithError("give --data or --task, not both")
     seed_everything(run.seed)
+    plan = plan_from_env(run.parallel, run.device, run.activation_checkpointing)
     start = start_model(run, config.base_run, "fine-tuned for chat")
     cfg, tok = start.cfg, start.tokenizer
     if run.resume:
@@ -197,7 +208,9 @@ def sft(config: SFTConfig, run: RunConfig, reporter: Reporter | None = None) -> 
     train_convs, val_convs = _conversations(config)
     train_examples = build_examples(tok, train_convs, cfg.max_seq_len)
     val_examples = build_examples(tok, val_convs, cfg.max_seq_len)
-    objective = SFT(train_examples, val_examples, tok, config.batch_size, run.seed, run.device)
+    objective = SFT(
+        train_examples, val_examples, tok, config.batch_size, run.seed, plan.device, plan
+    )
     learn = sum(sum(1 for t in y if t != IGNORE_INDEX) for _, y in train_examples)
     reporter.say(
         f"data: {len(train_convs):,} conversations -> {len(train_examples):,} examples "
@@ -216,4 +229,8 @@ def sft(config: SFTConfig, run: RunConfig, reporter: Reporter | None = None) -> 
             val=[seq for ex in val_examples for seq in ex],
         ),
     }
-    return train(start.model, cfg, objective, config, run, info, reporter)
+    run = replace(run, device=plan.device)  # cuda:LOCAL_RANK under torchrun
+    try:
+        return train(start.model, cfg, objective, config, run, info, reporter, plan)
+    finally:
+        plan.close()
