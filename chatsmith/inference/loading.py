@@ -14,6 +14,7 @@ from chatsmith.checkpoint import (
     load_run_tokenizer,
     read_run_info,
 )
+from chatsmith.errors import ChatsmithError
 from chatsmith.inference.engine import Engine
 from chatsmith.models import ModelConfig, build_model
 from chatsmith.runtime import resolve_device
@@ -34,9 +35,18 @@ class LoadedRun:
         return self.path.resolve().name
 
     def engine(self, max_batch: int = 1) -> Engine:
+        if self.cfg.arch == "encoder":
+            raise ChatsmithError(
+                f"{self.path} is an encoder run: it embeds text (chatsmith embed {self.path}) "
+                "and cannot chat or generate"
+            )
         tok = self.tokenizer
         return Engine(
-            self.model, stop_ids=[tok.end_id, tok.bos_id], max_batch=max_batch, cuda_graph=True
+            self.model,
+            stop_ids=[tok.end_id, tok.bos_id],
+            max_batch=max_batch,
+            cuda_graph=True,
+            start_id=tok.bos_id,
         )
 
 

@@ -8,6 +8,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from chatsmith.errors import ChatsmithError
 
 ARCHITECTURES = ("decoder", "encoder", "encoder_decoder")
+NORMS = ("rms", "layer")
+POSITIONS = ("rope", "learned")
+MLPS = ("swiglu", "gelu")
 
 
 @dataclass(frozen=True)
@@ -23,9 +26,20 @@ class ModelConfig:
     tie_embeddings: bool = True
     arch: str = "decoder"
     n_decoder_layer: int = 0  # encoder_decoder only; 0 means same as n_layer
+    # block flavour: chatsmith's own is pre-norm RMSNorm, rotary, SwiGLU, no biases; the
+    # BERT/GPT-2 family is LayerNorm with bias, learned absolute positions, GELU, biases
+    norm: str = "rms"  # "rms" or "layer" (LayerNorm with a bias)
+    norm_eps: float = 1e-6
+    post_norm: bool = False  # normalise after each residual add (BERT, the 2017 Transformer)
+    positions: str = "rope"  # "rope" or "learned" (absolute position embeddings)
+    token_types: int = 0  # learned token-type (segment) embeddings, BERT's; 0: none
+    mlp: str = "swiglu"  # "swiglu" or "gelu" (two matrices, exact erf GELU)
+    bias: bool = False  # biases on every linear layer
 
     def __post_init__(self) -> None:
-        if self.d_ff == 0:
+        if self.d_ff == 0 and self.mlp == "gelu":
+            object.__setattr__(self, "d_ff", 4 * self.d_model)
+        elif self.d_ff == 0:
             # SwiGLU has three matrices, so 8/3 x width matches a 4x two-matrix MLP; round to 32.
             object.__setattr__(self, "d_ff", ((8 * self.d_model // 3) + 31) // 32 * 32)
         self.validate()
@@ -46,8 +60,17 @@ class ModelConfig:
                 f"n_kv_head {self.n_kv_head} must divide n_head {self.n_head} "
                 "(grouped-query attention shares each key/value head among whole groups)"
             )
-        if self.head_dim % 2:
+        for name, allowed in (("norm", NORMS), ("positions", POSITIONS), ("mlp", MLPS)):
+            if getattr(self, name) not in allowed:
+                raise ChatsmithError(
+                    f"unknown {name} {getattr(self, name)!r}; choose from {allowed}"
+                )
+        if self.positions == "rope" and self.head_dim % 2:
             raise ChatsmithError(f"head size {self.head_dim} must be even for rotary positions")
+        if self.norm_eps <= 0:
+            raise ChatsmithError(f"norm_eps must be positive, got {self.norm_eps}")
+        if self.token_types < 0:
+            raise ChatsmithError(f"token_types must be >= 0, got {self.token_types}")
 
     @property
     def head_dim(self) -> int:
