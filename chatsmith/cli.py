@@ -105,6 +105,16 @@ def report(result, as_json: bool, extra: Optional[dict] = None) -> None:
 
 @app.command()
 def pretrain(
+    arch: Optional[str] = typer.Option(
+        None,
+        help="decoder (default; GPT), encoder (BERT-style masked-LM, for embeddings) or "
+        "encoder_decoder (the original Transformer; needs --task).",
+    ),
+    task: Optional[str] = typer.Option(
+        None,
+        help="Learn a sequence-to-sequence task instead of text: chitchat-reply, arithmetic "
+        'or a .jsonl of {"source", "target"} lines.',
+    ),
     data: Optional[str] = typer.Option(
         None,
         help="Text file, folder, .jsonl (text field), .parquet or hf:NAME[:split]. "
@@ -141,7 +151,7 @@ def pretrain(
     seed: Optional[int] = SeedOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Train a BPE tokenizer and a GPT from scratch on raw text."""
+    """Train a BPE tokenizer and a model from scratch: a GPT on raw text by default."""
     from chatsmith.training.pretrain import PRETRAIN_DEFAULTS
     from chatsmith.training.pretrain import pretrain as run_pretrain
 
@@ -149,6 +159,8 @@ def pretrain(
         "pretrain", out, resume, max_minutes, max_steps, device, seed, {"max_minutes": 5.0}
     )
     given = dict(
+        arch=arch,
+        task=task,
         data=data,
         val_data=val_data,
         vocab_size=vocab_size,
@@ -169,7 +181,13 @@ def pretrain(
     result = run_pretrain(args, flags, flag_info, say=say)
     report(result, as_json)
     if not as_json:
-        print(f'next: chatsmith generate {result.run_dir} --prompt "Hi, how are you?"')
+        print(next_step(args["arch"], result.run_dir))
+
+
+def next_step(arch: str, run: Path) -> str:
+    if arch == "encoder":
+        return f'next: chatsmith embed {run} --text "Hi, how are you?"'
+    return f'next: chatsmith generate {run} --prompt "Hi, how are you?"'
 
 
 def _load(run: Path, device: str):
@@ -198,9 +216,14 @@ def generate(
     from chatsmith.inference.streaming import TextStream
 
     loaded = _load(run, device)
+    engine = loaded.engine()
     tok = loaded.tokenizer
     ids = [tok.bos_id, *tok.encode(prompt)]
     keep = loaded.cfg.max_seq_len - min(max_tokens, loaded.cfg.max_seq_len // 2)
+    if engine.seq2seq:  # an encoder-decoder answers its source: the prompt is not continued
+        if not prompt.strip():
+            raise ChatsmithError(f"{run} is an encoder-decoder: give the source with --prompt")
+        ids, keep = tok.encode(prompt), loaded.cfg.max_seq_len
     if len(ids) > keep:
         say(
             f"note: the prompt has {len(ids)} tokens; keeping its last {keep} so the reply fits "
@@ -211,8 +234,8 @@ def generate(
         max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
     )
     stream = TextStream(tok)
-    sys.stdout.write(prompt)
-    for token in loaded.engine().generate(ids, params):
+    sys.stdout.write("" if engine.seq2seq else prompt)
+    for token in engine.generate(ids, params):
         sys.stdout.write(stream.push(token))
         sys.stdout.flush()
     sys.stdout.write(stream.flush() + "\n")
@@ -237,9 +260,16 @@ def evaluate(
     device: str = DeviceOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Loss and bits per byte of a model on any text, or pass@k on a task with --task."""
+    """Loss and bits per byte of a model on any text, or pass@k on a task with --task.
+
+    An encoder run is scored on masked tokens of the text; an encoder-decoder run on its
+    task's (or --task's) held-out pairs."""
     from chatsmith.evaluation.perplexity import evaluate_text
 
+    loaded = _load(run, device)
+    if loaded.cfg.arch != "decoder":
+        _evaluate_family(loaded, data, batch_size, max_tokens, task, max_new_tokens, as_json)
+        return
     if task is not None:
         from chatsmith.data.tasks import get_task
         from chatsmith.evaluation.tasks import evaluate_task
@@ -247,7 +277,6 @@ def evaluate(
         the_task = get_task(task)
         if samples < 1:
             raise ChatsmithError(f"--samples must be at least 1, got {samples}")
-        loaded = _load(run, device)
         result = evaluate_task(
             loaded.model, loaded.tokenizer, the_task, samples, temperature, max_new_tokens
         )
@@ -262,7 +291,6 @@ def evaluate(
             for prompt, reply, r in result.examples:
                 print(f"  {'right' if r >= 1 else 'wrong'}: {prompt!r} -> {reply!r}")
         return
-    loaded = _load(run, device)
     score = evaluate_text(loaded, data, batch_size, max_tokens)
     if as_json:
         print(json.dumps(score.to_dict()))
@@ -271,6 +299,36 @@ def evaluate(
             f"loss: {score.loss:.4f} nats/token  bpb: {score.bpb:.4f}  "
             f"tokens: {score.tokens:,}  bytes: {score.bytes:,}"
         )
+
+
+def _evaluate_family(loaded, data, batch_size, max_tokens, task, max_new_tokens, as_json) -> None:
+    if loaded.cfg.arch == "encoder":
+        from chatsmith.evaluation.masked import evaluate_masked
+
+        if task is not None:
+            raise ChatsmithError("an encoder run is scored on text (--data), not on a --task")
+        masked = evaluate_masked(loaded, data, batch_size, max_tokens)
+        if as_json:
+            print(json.dumps(masked.to_dict()))
+        else:
+            print(
+                f"masked-token loss: {masked.loss:.4f} nats  accuracy: {masked.accuracy:.4f}  "
+                f"masked tokens: {masked.tokens:,}"
+            )
+        return
+    from chatsmith.evaluation.seq2seq import evaluate_seq2seq
+
+    name = task or loaded.info.get("args", {}).get("task")
+    score = evaluate_seq2seq(loaded, name, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    if as_json:
+        print(json.dumps(score.to_dict()))
+        return
+    print(
+        f"task {score.task}: loss {score.loss:.4f} nats/target token ({score.tokens:,} tokens)  "
+        f"right {score.accuracy:.4f} ({score.n} held-out sources, greedy)"
+    )
+    for source, reply, ok in score.examples:
+        print(f"  {'right' if ok else 'wrong'}: {source!r} -> {reply!r}")
 
 
 @app.command()
@@ -470,13 +528,16 @@ def chat(
         max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
     )
     params.validate()
+    engine = loaded.engine()
     stage = loaded.info.get("stage")
-    if stage != "sft" and stage is not None and stage not in ("rl",):
+    if engine.seq2seq:
+        say(f"note: {run} is an encoder-decoder; it replies to your last message only")
+    elif stage != "sft" and stage is not None and stage not in ("rl",):
         say(
             f"note: {run} is a {stage} run, not fine-tuned for chat; replies may wander "
             f"(fine-tune it first: chatsmith sft {run})"
         )
-    session = ChatSession(loaded.engine(), loaded.tokenizer, params, system=system, notify=say)
+    session = ChatSession(engine, loaded.tokenizer, params, system=system, notify=say)
     if prompt is not None:
         for piece in session.send(prompt):
             sys.stdout.write(piece)

@@ -1,4 +1,4 @@
-"""Objectives for the encoder (masked-LM) and the encoder-decoder (sequence-to-sequence).
+"""Objectives for the encoder (masked-LM) and for sequence-to-sequence tasks.
 
 They plug into the same training loop as pretraining, SFT and RL.
 """
@@ -9,9 +9,12 @@ import torch
 from torch import nn
 
 from chatsmith.data.tokens import TokenWindows
+from chatsmith.inference.scoring import mask_tokens, score_masked
+from chatsmith.inference.seq2seq import HELD_OUT_PAIRS, batch_loss, score_pairs, to_batch
 from chatsmith.models import IGNORE_INDEX
 
-MASK_FRACTION = 0.15  # BERT's choice (Devlin et al., 2019)
+QUICK_EVAL_TOKENS = 32_768
+QUICK_EVAL_PAIRS = 256
 
 
 class MaskedLM:
@@ -22,34 +25,35 @@ class MaskedLM:
     def __init__(
         self,
         windows: TokenWindows,
-        val_windows: TokenWindows,
+        val_tokens: torch.Tensor,
         mask_id: int,
         device: torch.device,
         seed: int,
     ):
-        self.windows, self.val, self.mask_id, self.device = windows, val_windows, mask_id, device
+        self.windows, self.val, self.mask_id, self.device = windows, val_tokens, mask_id, device
         self.gen = torch.Generator().manual_seed(seed)
 
-    def _mask(self, x: torch.Tensor, gen: torch.Generator) -> dict:
-        hidden = torch.rand(x.shape, generator=gen) < MASK_FRACTION
-        targets = torch.where(hidden, x, torch.full_like(x, IGNORE_INDEX))
-        inputs = torch.where(hidden, torch.full_like(x, self.mask_id), x)
+    def next_batch(self, model: nn.Module) -> dict:
+        # windows come as (input, next-token) pairs; the encoder reads the input side whole
+        inputs, targets = mask_tokens(self.windows.next_batch()[0], self.mask_id, self.gen)
         return {"x": inputs.to(self.device), "y": targets.to(self.device)}
 
-    def next_batch(self, model: nn.Module) -> dict:
-        return self._mask(self.windows.next_batch()[0], self.gen)
-
     def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
-        return model(batch["x"], batch["y"])[1], {}
+        return model(batch["x"], batch["y"])[1], {"epoch": self.windows.epoch}
 
     def batch_tokens(self, batch: dict) -> int:
         return batch["x"].numel()
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, final: bool) -> dict:
-        self.val.position = 0  # the same held-out batch and masks every time
-        batch = self._mask(self.val.next_batch()[0], torch.Generator().manual_seed(0))
-        return {"val_loss": float(model(batch["x"], batch["y"])[1])}
+        score = score_masked(
+            model,
+            self.val,
+            self.mask_id,
+            self.windows.seq_len,
+            self.windows.batch_size,
+            None if final else QUICK_EVAL_TOKENS,
+        )
+        return {"val_loss": score.loss, "val_accuracy": score.accuracy, "val_tokens": score.tokens}
 
     def state_dict(self) -> dict:
         return {**self.windows.state_dict(), "gen": self.gen.get_state()}
@@ -59,17 +63,13 @@ class MaskedLM:
         self.gen.set_state(state["gen"])
 
 
-def pad_batch(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, mask) right-padded to the longest sequence; mask is True at real tokens."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-    return ids, ids.ne(pad) if pad >= 0 else torch.ones_like(ids, dtype=torch.bool)
-
-
 class Seq2Seq:
-    """Learn target given source: teacher forcing on (source, target) pairs of token ids."""
+    """Learn target given source, by teacher forcing on (source, target) token-id pairs.
+
+    An encoder-decoder reads the source with its encoder; a decoder-only model reads it as a
+    prefix (`sep_id` between the two). Pairs are shuffled each epoch by a pure function of
+    (seed, epoch), so resuming needs only the number of pairs drawn.
+    """
 
     name = "seq2seq"
 
@@ -81,40 +81,41 @@ class Seq2Seq:
         pad_id: int,
         batch_size: int,
         device: torch.device,
+        seed: int = 0,
+        sep_id: int | None = None,
     ):
         self.pairs, self.val_pairs = pairs, val_pairs
-        self.bos, self.pad, self.batch_size, self.device = bos_id, pad_id, batch_size, device
+        self.bos, self.pad, self.sep = bos_id, pad_id, sep_id
+        self.batch_size, self.device, self.seed = batch_size, device, seed
         self.position = 0
+        self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
 
     def _batch(self, pairs: list[tuple[list[int], list[int]]]) -> dict:
-        src, src_mask = pad_batch([p[0] for p in pairs], self.pad)
-        tgt_in, _ = pad_batch([[self.bos, *p[1][:-1]] for p in pairs], self.pad)
-        tgt_out, out_mask = pad_batch([p[1] for p in pairs], self.pad)
-        tgt_out = tgt_out.masked_fill(~out_mask, IGNORE_INDEX)
-        d = self.device
-        return {
-            "src": src.to(d),
-            "src_mask": src_mask.to(d),
-            "tgt": tgt_in.to(d),
-            "y": tgt_out.to(d),
-        }
+        return to_batch(pairs, self.bos, self.pad, self.sep, self.device)
+
+    def _pair(self, index: int) -> tuple[list[int], list[int]]:
+        epoch, i = divmod(index, len(self.pairs))
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._order = epoch, torch.randperm(len(self.pairs), generator=g)
+        return self.pairs[int(self._order[i])]
 
     def next_batch(self, model: nn.Module) -> dict:
-        n = len(self.pairs)
-        picked = [self.pairs[(self.position + i) % n] for i in range(self.batch_size)]
+        picked = [self._pair(self.position + i) for i in range(self.batch_size)]
         self.position += self.batch_size
         return self._batch(picked)
 
     def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
-        return model(batch["src"], batch["tgt"], batch["y"], src_mask=batch["src_mask"])[1], {}
+        return batch_loss(model, batch), {"epoch": self.position / len(self.pairs)}
 
     def batch_tokens(self, batch: dict) -> int:
         return int((batch["y"] != IGNORE_INDEX).sum())
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, final: bool) -> dict:
-        b = self._batch(self.val_pairs)
-        return {"val_loss": float(model(b["src"], b["tgt"], b["y"], src_mask=b["src_mask"])[1])}
+        """Mean loss per target token over the first held-out pairs (a fixed set)."""
+        pairs = self.val_pairs[: HELD_OUT_PAIRS if final else QUICK_EVAL_PAIRS]
+        loss, tokens = score_pairs(model, pairs, self.bos, self.pad, self.sep, self.batch_size)
+        return {"val_loss": loss, "val_tokens": tokens}
 
     def state_dict(self) -> dict:
         return {"position": self.position}

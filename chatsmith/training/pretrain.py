@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from chatsmith.data import chitchat
+from chatsmith.data.seq2seq import get_seq2seq_task
 from chatsmith.data.sources import iter_documents
 from chatsmith.data.tokens import TokenWindows, tokenize_documents
 from chatsmith.errors import ChatsmithError
@@ -23,13 +24,17 @@ from chatsmith.models import (
 )
 from chatsmith.runtime import seed_everything
 from chatsmith.tokenizer import Tokenizer
+from chatsmith.training.families import check_family, masked_objective, task_objective, task_texts
 from chatsmith.training.loop import RunFlags, TrainResult, TrainSettings, train
+from chatsmith.training.objectives import MaskedLM
 
 BUILTIN = "builtin:chitchat"
 HELD_OUT_FRACTION = 0.05
 QUICK_EVAL_TOKENS = 32_768
 
 PRETRAIN_DEFAULTS: dict = {
+    "arch": "decoder",
+    "task": None,
     "data": BUILTIN,
     "val_data": None,
     "vocab_size": 2048,
@@ -126,6 +131,7 @@ def load_corpus(
 
 def model_config(args: dict, vocab_size: int) -> ModelConfig:
     sizes = {
+        "arch": args.get("arch") or "decoder",
         "vocab_size": vocab_size,
         "max_seq_len": args["seq_len"],
         "n_kv_head": args.get("n_kv_head"),
@@ -145,12 +151,17 @@ def pretrain(
     say=print,
     on_step=None,
 ) -> TrainResult:
-    """Train a tokenizer (unless resuming) and a decoder-only model from `args` (see defaults).
+    """Train a tokenizer (unless resuming) and a model from `args` (see defaults): a decoder,
+    an encoder (masked-LM) or, on a `task`, an encoder-decoder (see training.families).
 
     `on_step` is passed to the training loop (for a caller's own progress display)."""
+    check_family(args, BUILTIN)
     seed_everything(flags.seed)
     out = Path(flags.out)
-    train_docs, val_docs = load_corpus(args["data"], args.get("val_data"), args["max_text_mb"])
+    if args.get("task"):
+        train_docs, val_docs = task_texts(get_seq2seq_task(args["task"])), None
+    else:
+        train_docs, val_docs = load_corpus(args["data"], args.get("val_data"), args["max_text_mb"])
     if flags.resume:
         tok = Tokenizer.load(out)
     else:
@@ -159,18 +170,11 @@ def pretrain(
         tok = Tokenizer.train(train_docs, args["vocab_size"])
         tok.save(out)
     cfg = model_config(args, tok.vocab_size)
-    train_tokens = tokenize_documents(tok, train_docs)
-    if val_docs is None:
-        cut = int(len(train_tokens) * (1 - HELD_OUT_FRACTION))
-        train_tokens, val_tokens = train_tokens[:cut], train_tokens[cut:]
-    else:
-        val_tokens = tokenize_documents(tok, val_docs)
-    if len(val_tokens) < 2:
-        raise ChatsmithError("held-out data is too small to evaluate; give --val-data")
     model = build_model(cfg)
-    objective = LanguageModeling(
-        train_tokens, val_tokens, tok, cfg.max_seq_len, args["batch_size"], flags.seed, flags.device
-    )
+    if args.get("task"):
+        objective, summary = task_objective(args, tok, cfg.max_seq_len, flags.seed, flags.device)
+    else:
+        objective, summary = text_objective(args, cfg, tok, train_docs, val_docs, flags)
     settings = TrainSettings(
         batch_size=args["batch_size"],
         grad_accum=args["grad_accum"],
@@ -181,7 +185,32 @@ def pretrain(
         save_every=args["save_every"],
         compile=args["compile"],
     )
-    say(f"data: {len(train_tokens):,} training tokens, {len(val_tokens):,} held-out tokens")
+    say(summary)
     say(format_card(model_card(cfg, model)))
     info = {"stage": "pretrain", "args": args, "flags": flag_info or {}}
     return train(model, cfg, objective, settings, flags, info, quiet=quiet, on_step=on_step)
+
+
+def text_objective(
+    args: dict,
+    cfg: ModelConfig,
+    tok: Tokenizer,
+    train_docs: list[str],
+    val_docs: list[str] | None,
+    flags: RunFlags,
+) -> tuple[LanguageModeling | MaskedLM, str]:
+    """Next-token prediction (decoder) or masked-LM (encoder) on tokenized documents."""
+    train_tokens = tokenize_documents(tok, train_docs)
+    if val_docs is None:
+        cut = int(len(train_tokens) * (1 - HELD_OUT_FRACTION))
+        train_tokens, val_tokens = train_tokens[:cut], train_tokens[cut:]
+    else:
+        val_tokens = tokenize_documents(tok, val_docs)
+    if len(val_tokens) < 2:
+        raise ChatsmithError("held-out data is too small to evaluate; give --val-data")
+    summary = f"data: {len(train_tokens):,} training tokens, {len(val_tokens):,} held-out tokens"
+    make = masked_objective if cfg.arch == "encoder" else LanguageModeling
+    objective = make(
+        train_tokens, val_tokens, tok, cfg.max_seq_len, args["batch_size"], flags.seed, flags.device
+    )
+    return objective, summary
