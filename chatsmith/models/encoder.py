@@ -17,9 +17,9 @@ class EncoderStack(nn.Module):
     def __init__(self, cfg: ModelConfig, embed: nn.Embedding | None = None):
         super().__init__()
         self.embed = embed if embed is not None else nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.rotary = Rotary(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.rotary = Rotary(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
         self.blocks = nn.ModuleList(Block(cfg, causal=False) for _ in range(cfg.n_layer))
-        self.norm = RMSNorm(cfg.d_model)
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
 
     def forward(self, idx: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         """Hidden states (B, S, d); `padding_mask` is True where a real token is."""

@@ -21,7 +21,7 @@ class EncoderDecoder(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)  # shared by both sides
         self.encoder = EncoderStack(cfg, embed=self.embed)
         self.blocks = nn.ModuleList(Block(cfg, causal=True, cross=True) for _ in range(n_dec))
-        self.norm = RMSNorm(cfg.d_model)
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         init_weights(self, cfg.n_layer + n_dec)
         if cfg.tie_embeddings:

@@ -1,7 +1,8 @@
 """Transformer layers shared by the decoder, the encoder and the encoder-decoder.
 
 Each block is pre-norm (RMSNorm), attention uses rotary positions and PyTorch's
-scaled_dot_product_attention (flash kernels on CUDA), MLPs are SwiGLU, and no layer has a bias.
+scaled_dot_product_attention (flash kernels on CUDA), MLPs are SwiGLU, and no layer has a bias
+unless the config asks for query/key/value biases (imported Qwen2 models).
 The same attention module is causal for a decoder, bidirectional for an encoder, and
 cross-attends to an encoder's output in an encoder-decoder.
 """
@@ -28,14 +29,26 @@ class RMSNorm(nn.Module):
 
 
 class Rotary(nn.Module):
-    """Rotary position embedding: rotates query/key channel pairs by position-dependent angles."""
+    """Rotary position embedding: rotates query/key channel pairs by position-dependent angles.
 
-    def __init__(self, head_dim: int, max_seq_len: int, theta: float):
+    The cos/sin tables stay float32 whatever dtype the model is cast to (as transformers keeps
+    them): rounding the angles of late positions to bf16 would shift every rotation.
+    """
+
+    def __init__(self, head_dim: int, max_seq_len: int, theta: float, scaling: dict | None = None):
         super().__init__()
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)
+        inv_freq = scale_frequencies(inv_freq, scaling)  # (D/2,)
+        angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)  # (T, D/2)
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        cos, sin = self.cos, self.sin
+        super()._apply(fn, recurse)
+        # follow the device of a .to()/.cuda(), never the dtype
+        self.cos, self.sin = cos.to(self.cos.device), sin.to(self.sin.device)
+        return self
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
         """x: (B, H, S, D); positions: (S,) shared or (B, S) per row."""
@@ -45,6 +58,28 @@ class Rotary(nn.Module):
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+def scale_frequencies(inv_freq: Tensor, scaling: dict | None) -> Tensor:
+    """Stretch rotary frequencies for contexts longer than the model was first trained on.
+
+    "linear" slows every frequency by `factor`. "llama3" (Llama 3.1+) leaves the fast
+    frequencies, whose wavelength is short next to the original context, alone; slows the slow
+    ones by `factor`; and blends the two linearly in between.
+    """
+    if scaling is None:
+        return inv_freq
+    factor = float(scaling["factor"])
+    if scaling["rope_type"] == "linear":
+        return inv_freq / factor
+    low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+    context = float(scaling["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / inv_freq
+    slowed = torch.where(wavelen > context / low, inv_freq / factor, inv_freq)
+    blend = (context / wavelen - low) / (high - low)  # 0 at the slow end, 1 at the fast end
+    smoothed = (1 - blend) * slowed / factor + blend * slowed
+    between = (wavelen >= context / high) & (wavelen <= context / low)
+    return torch.where(between, smoothed, slowed)
 
 
 class KVCache:
@@ -144,10 +179,13 @@ class Attention(nn.Module):
         super().__init__()
         self.causal, self.cross = causal, cross
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        kv_dim = cfg.n_kv_head * cfg.head_dim
-        self.q = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-        self.kv = nn.Linear(cfg.d_model, 2 * kv_dim, bias=False)
-        self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        q_dim, kv_dim = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
+        self.q = nn.Linear(cfg.d_model, q_dim, bias=cfg.qkv_bias)
+        self.kv = nn.Linear(cfg.d_model, 2 * kv_dim, bias=cfg.qkv_bias)  # keys, then values
+        self.out = nn.Linear(q_dim, cfg.d_model, bias=False)
+        # per-head RMSNorm of queries and keys (over the head's D channels), before rotary
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
 
     def forward(
         self,
@@ -160,10 +198,12 @@ class Attention(nn.Module):
         key_padding_mask: Tensor | None = None,
     ) -> Tensor:
         B, S, _ = x.shape
-        q = self.q(x).view(B, S, self.n_head, self.head_dim).transpose(1, 2)
+        q = self.q(x).view(B, S, self.n_head, self.head_dim)  # (B, S, H, D)
         src = memory if self.cross else x
         k, v = self.kv(src).view(B, src.size(1), 2, self.n_kv_head, self.head_dim).unbind(2)
-        k, v = k.transpose(1, 2), v.transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, S, D)
         if not self.cross:  # cross-attention keys come from another sequence: no shared positions
             q, k = rotary(q, positions), rotary(k, positions)
         mask, is_causal = None, self.causal
@@ -202,11 +242,11 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ModelConfig, causal: bool, cross: bool = False):
         super().__init__()
-        self.attn_norm = RMSNorm(cfg.d_model)
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.attn = Attention(cfg, causal=causal)
-        self.cross_norm = RMSNorm(cfg.d_model) if cross else None
+        self.cross_norm = RMSNorm(cfg.d_model, cfg.norm_eps) if cross else None
         self.cross_attn = Attention(cfg, causal=False, cross=True) if cross else None
-        self.mlp_norm = RMSNorm(cfg.d_model)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLU(cfg)
 
     def forward(
