@@ -85,7 +85,8 @@ def model_config_from_hf(cfg: dict, max_seq_len: int | None = None) -> ModelConf
     family = cfg.get("model_type")
     if family not in FAMILIES:
         raise ChatsmithError(
-            f"config.json: model_type {family!r} is not supported (supported: {', '.join(FAMILIES)})"
+            f"config.json: model_type {family!r} is not supported "
+            f"(supported: {', '.join(FAMILIES)})"
         )
     positions = int(_need(cfg, "max_position_embeddings"))
     context = min(positions, DEFAULT_CONTEXT_CAP) if max_seq_len is None else max_seq_len
