@@ -1,6 +1,9 @@
-"""The one chat template, used by SFT, the chat CLI, the server and evaluation.
+"""Chat templates, used by SFT, RL, the chat CLI, the server and evaluation.
 
-A conversation becomes
+Every run has one template, `tok.chat` of its tokenizer: chatsmith's own (below) for runs it
+trained, or the imported model's Jinja template (`chatsmith.interop.jinja_chat`) for imported
+runs. Both turn a message list into ids plus a mask of what SFT learns, and name the ids that
+end a reply. In chatsmith's own template a conversation becomes
 
     <|bos|> <|system|> text <|end|> <|user|> text <|end|> <|assistant|> text <|end|> ...
 
@@ -12,10 +15,41 @@ stops at `<|end|>`.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from chatsmith.errors import ChatsmithError
-from chatsmith.tokenizer import Tokenizer
+from chatsmith.tokenizer import ASSISTANT, BOS, END, Tokenizer
 
 ROLES = ("system", "user", "assistant")
+
+
+class ChatTemplate(Protocol):
+    stop_ids: list[int]  # a reply ends at any of these
+
+    def render(
+        self, messages: list[dict], add_generation_prompt: bool = False
+    ) -> tuple[list[int], list[int]]:
+        """(ids, mask): mask[i] is 1 where ids[i] is an assistant token SFT learns."""
+        ...
+
+    def render_prompt(self, messages: list[dict]) -> list[int]: ...
+
+    def message_starts(self, ids: list[int]) -> list[int] | None:
+        """Where each message begins in rendered ids, or None if the template cannot say."""
+        ...
+
+    def jinja(self) -> str:
+        """The template as Hugging Face Jinja, with `{% generation %}` around learned tokens."""
+        ...
+
+
+def template_for(tok: Tokenizer) -> ChatTemplate:
+    """The template a tokenizer's run chats with: imported runs carry their own."""
+    if tok.chat_format is None:
+        return ChatsmithTemplate(tok)
+    from chatsmith.interop.jinja_chat import JinjaTemplate  # jinja2 only for imported runs
+
+    return JinjaTemplate(tok, tok.chat_format)
 
 
 def validate_messages(
@@ -43,38 +77,72 @@ def validate_messages(
     return out
 
 
-def _role_id(tok: Tokenizer, role: str) -> int:
-    return {"system": tok.system_id, "user": tok.user_id, "assistant": tok.assistant_id}[role]
+class ChatsmithTemplate:
+    """chatsmith's own markers, as in the module docstring."""
+
+    def __init__(self, tok: Tokenizer):
+        self.tok = tok
+        self.stop_ids = [tok.end_id, tok.bos_id]
+        self._role_ids = {
+            "system": tok.system_id,
+            "user": tok.user_id,
+            "assistant": tok.assistant_id,
+        }
+
+    def render(
+        self, messages: list[dict], add_generation_prompt: bool = False
+    ) -> tuple[list[int], list[int]]:
+        """The mask marks assistant content and the `<|end|>` that closes it: the model learns
+        what to say and when to stop, never the user's or system's words."""
+        tok = self.tok
+        ids, mask = [tok.bos_id], [0]
+        for m in messages:
+            body = tok.encode(m["content"])
+            learn = 1 if m["role"] == "assistant" else 0
+            ids += [self._role_ids[m["role"]], *body, tok.end_id]
+            mask += [0] + [learn] * (len(body) + 1)
+        if add_generation_prompt:
+            ids.append(tok.assistant_id)
+            mask.append(0)
+        return ids, mask
+
+    def render_prompt(self, messages: list[dict]) -> list[int]:
+        return self.render(messages, add_generation_prompt=True)[0]
+
+    def message_starts(self, ids: list[int]) -> list[int]:
+        roles = set(self._role_ids.values())
+        return [i for i, t in enumerate(ids) if t in roles]
+
+    def jinja(self) -> str:
+        # whitespace control keeps the rendered text exactly the markers and the contents
+        return (
+            f"{{{{- '{BOS}' -}}}}"
+            "{%- for message in messages -%}"
+            "{{- '<|' + message['role'] + '|>' -}}"
+            "{%- if message['role'] == 'assistant' -%}"
+            f"{{%- generation -%}}{{{{- message['content'] + '{END}' -}}}}{{%- endgeneration -%}}"
+            f"{{%- else -%}}{{{{- message['content'] + '{END}' -}}}}{{%- endif -%}}"
+            "{%- endfor -%}"
+            f"{{%- if add_generation_prompt -%}}{{{{- '{ASSISTANT}' -}}}}{{%- endif -%}}"
+        )
 
 
 def render(
     tok: Tokenizer, messages: list[dict], add_generation_prompt: bool = False
 ) -> tuple[list[int], list[int]]:
-    """Token ids of a conversation and a mask that is 1 where the model should learn to predict.
-
-    The mask marks assistant content and the `<|end|>` that closes it: the model learns what to
-    say and when to stop, never the user's or system's words. mask[i] refers to ids[i] as a
-    prediction target.
-    """
-    ids, mask = [tok.bos_id], [0]
-    for m in messages:
-        body = tok.encode(m["content"])
-        learn = 1 if m["role"] == "assistant" else 0
-        ids += [_role_id(tok, m["role"]), *body, tok.end_id]
-        mask += [0] + [learn] * (len(body) + 1)
-    if add_generation_prompt:
-        ids.append(tok.assistant_id)
-        mask.append(0)
-    return ids, mask
+    """Token ids of a conversation and a mask that is 1 where the model should learn to predict
+    (mask[i] refers to ids[i] as a prediction target), in the run's own template."""
+    return tok.chat.render(messages, add_generation_prompt)
 
 
 def render_prompt(tok: Tokenizer, messages: list[dict]) -> list[int]:
     """Ids that ask the model for the next assistant reply."""
-    return render(tok, messages, add_generation_prompt=True)[0]
+    return tok.chat.render_prompt(messages)
 
 
 def parse(tok: Tokenizer, ids: list[int]) -> list[dict]:
-    """Inverse of `render`: the messages in a rendered id sequence (an open last turn included)."""
+    """Inverse of chatsmith's own `render`: the messages in a rendered id sequence (an open last
+    turn included)."""
     roles = {tok.system_id: "system", tok.user_id: "user", tok.assistant_id: "assistant"}
     messages: list[dict] = []
     role, body = None, []

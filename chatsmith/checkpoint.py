@@ -170,7 +170,9 @@ def read_run_info(run_dir: Path) -> dict:
 
 def load_run_tokenizer(run_dir: Path, cfg: ModelConfig) -> Tokenizer:
     tok = Tokenizer.load(Path(run_dir))
-    if tok.vocab_size != cfg.vocab_size:
+    # imported models may pad their embedding past the tokenizer (Qwen2: rows nobody samples)
+    padded = tok.chat_format is not None and tok.vocab_size < cfg.vocab_size
+    if tok.vocab_size != cfg.vocab_size and not padded:
         raise ChatsmithError(
             f"tokenizer in {run_dir} has {tok.vocab_size} tokens but the model expects "
             f"{cfg.vocab_size}: they do not belong together"

@@ -241,6 +241,44 @@ def generate(
     sys.stdout.write(stream.flush() + "\n")
 
 
+@app.command()
+def embed(
+    run: Path = RunArg,
+    text: Optional[list[str]] = typer.Option(
+        None, "--text", "-t", help="A text to embed (repeat for several)."
+    ),
+    file: Optional[Path] = typer.Option(None, "--file", help="Embed every non-blank line."),
+    batch_size: int = typer.Option(32, help="Texts embedded at once."),
+    device: str = DeviceOpt,
+    as_json: bool = typer.Option(
+        False, "--json", help="Print one JSON object with every text and its vector."
+    ),
+) -> None:
+    """Sentence embeddings from an encoder run: mean of the token states, unit length.
+
+    Without --json, one line per text: its vector's numbers separated by spaces."""
+    from chatsmith.inference.embeddings import embed_texts, read_inputs
+
+    texts = read_inputs(text, None if file is None else str(file))
+    loaded = _load(run, device)
+    vectors, tokens = embed_texts(loaded, texts, batch_size)
+    if as_json:
+        rows = [{"text": t, "embedding": v} for t, v in zip(texts, vectors.tolist())]
+        print(
+            json.dumps(
+                {
+                    "model": loaded.name,
+                    "dimensions": vectors.size(1),
+                    "tokens": tokens,
+                    "data": rows,
+                }
+            )
+        )
+        return
+    for v in vectors.tolist():
+        print(" ".join(f"{x:.6f}" for x in v))
+
+
 @app.command("eval")
 def evaluate(
     run: Path = RunArg,

@@ -3,19 +3,29 @@
 User text is always encoded with special-token matching switched off, so typing `<|user|>`
 yields ordinary byte tokens, never the marker: only code that builds sequences on purpose
 (the chat template, document separators) can place a special token.
+
+A run imported from Hugging Face keeps its own tokenizer (byte-level BPE or SentencePiece
+converted to tokenizer.json) without chatsmith's markers; its `chat_format.json` names its
+begin/end/pad tokens and chat template, and its `chat` template renders conversations.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 from tokenizers.pre_tokenizers import ByteLevel
 
 from chatsmith.errors import ChatsmithError
+
+if TYPE_CHECKING:
+    from chatsmith.chat_template import ChatTemplate
 
 BOS = "<|bos|>"  # begins every document; also separates packed documents
 PAD = "<|pad|>"
@@ -26,6 +36,7 @@ END = "<|end|>"  # closes one chat message
 MASK = "<|mask|>"  # for masked-LM (encoder) training
 SPECIAL_TOKENS = [BOS, PAD, SYSTEM, USER, ASSISTANT, END, MASK]
 TOKENIZER_FILE = "tokenizer.json"
+CHAT_FORMAT_FILE = "chat_format.json"  # imported runs only: markers and Jinja chat template
 MIN_VOCAB = 256 + len(SPECIAL_TOKENS)
 
 
@@ -49,22 +60,57 @@ def _byte_decoder() -> dict[str, int]:
 
 
 class Tokenizer:
-    """Thin wrapper that fixes how chatsmith encodes, decodes and counts bytes."""
+    """Thin wrapper that fixes how chatsmith encodes, decodes and counts bytes.
 
-    def __init__(self, hf: HFTokenizer):
-        missing = [t for t in SPECIAL_TOKENS if hf.token_to_id(t) is None]
-        if missing:
-            raise ChatsmithError(f"tokenizer lacks the special tokens {missing}")
+    `chat_format` is None for chatsmith's own tokenizer (which must hold SPECIAL_TOKENS); for a
+    foreign one it is the imported chat format (see chatsmith.interop.hf_tokenizer): its
+    markers, stop ids and Jinja chat template.
+    """
+
+    def __init__(self, hf: HFTokenizer, chat_format: dict | None = None):
+        self.chat_format = chat_format
+        added = hf.get_added_tokens_decoder()
+        if chat_format is None:
+            missing = [t for t in SPECIAL_TOKENS if hf.token_to_id(t) is None]
+            if missing:
+                raise ChatsmithError(f"tokenizer lacks the special tokens {missing}")
+            self.special_ids = frozenset(hf.token_to_id(t) for t in SPECIAL_TOKENS)
+        else:
+            self.special_ids = frozenset(i for i, t in added.items() if t.special)
         hf.encode_special_tokens = True  # user text never turns into markers
         self.hf = hf
-        self.bos_id = hf.token_to_id(BOS)
-        self.pad_id = hf.token_to_id(PAD)
+        self.added_text = {i: t.content for i, t in added.items()}
         self.system_id = hf.token_to_id(SYSTEM)
         self.user_id = hf.token_to_id(USER)
         self.assistant_id = hf.token_to_id(ASSISTANT)
-        self.end_id = hf.token_to_id(END)
         self.mask_id = hf.token_to_id(MASK)
-        self.special_ids = frozenset(hf.token_to_id(t) for t in SPECIAL_TOKENS)
+        fmt = chat_format or {"document_start_token": BOS, "eos_token": END, "pad_token": PAD}
+        self.bos_id = self._marker_id(fmt.get("document_start_token"))  # None: starts bare
+        self.end_id = self._marker_id(fmt.get("eos_token"))
+        pad = self._marker_id(fmt.get("pad_token"))
+        # padding is never attended to or learned, so any id serves when a model has none
+        self.pad_id = pad if pad is not None else self.end_id if self.end_id is not None else 0
+        self._byte_level = "ByteLevel" in json.dumps(json.loads(hf.to_str()).get("decoder"))
+
+    def _marker_id(self, token: str | None) -> int | None:
+        if token is None:
+            return None
+        i = self.hf.token_to_id(token)
+        if i is None:
+            raise ChatsmithError(f"tokenizer has no token {token!r}")
+        return i
+
+    @property
+    def doc_start(self) -> list[int]:
+        """Ids that begin a plain-text document (the begin token, where the model has one)."""
+        return [] if self.bos_id is None else [self.bos_id]
+
+    @cached_property
+    def chat(self) -> ChatTemplate:
+        """The chat template of the run this tokenizer belongs to."""
+        from chatsmith.chat_template import template_for  # templates build on the tokenizer
+
+        return template_for(self)
 
     @property
     def vocab_size(self) -> int:
@@ -81,11 +127,19 @@ class Tokenizer:
         return self.hf.decode([i for i in ids if i not in self.special_ids])
 
     def token_bytes(self, token_id: int) -> bytes:
-        """The exact bytes a token stands for (empty for special tokens)."""
-        if token_id in self.special_ids:
+        """The exact bytes a token stands for (empty for special tokens and unused ids)."""
+        piece = self.hf.id_to_token(token_id)
+        if token_id in self.special_ids or piece is None:
             return b""
-        dec = _BYTE_DECODER
-        return bytes(dec[c] for c in self.hf.id_to_token(token_id))
+        if token_id in self.added_text:
+            return self.added_text[token_id].encode()
+        if self._byte_level:
+            return bytes(_BYTE_DECODER[c] for c in piece)
+        # SentencePiece converted to tokenizer.json: "<0x0A>" is a raw byte, "▁" a space
+        byte = _SP_BYTE.fullmatch(piece)
+        if byte:
+            return bytes([int(byte.group(1), 16)])
+        return piece.replace("\u2581", " ").encode()
 
     @cached_property
     def bytes_per_token(self) -> list[int]:
@@ -101,9 +155,17 @@ class Tokenizer:
 
     @classmethod
     def load(cls, folder_or_file: str | Path) -> Tokenizer:
+        """Load tokenizer.json; a `chat_format.json` beside it marks an imported tokenizer."""
         path = Path(folder_or_file)
         if path.is_dir():
             path = path / TOKENIZER_FILE
+        chat_format = None
+        fmt_path = path.parent / CHAT_FORMAT_FILE
+        if fmt_path.is_file():
+            try:
+                chat_format = json.loads(fmt_path.read_text())
+            except json.JSONDecodeError as e:
+                raise ChatsmithError(f"{fmt_path} is corrupt ({e})") from None
         if not path.is_file():
             raise ChatsmithError(f"no tokenizer at {path}")
         try:
@@ -112,7 +174,16 @@ class Tokenizer:
             raise ChatsmithError(
                 f"cannot read tokenizer {path}: {str(e).splitlines()[0]}"
             ) from None
-        return cls(hf)
+        return cls(hf, chat_format)
+
+    def save_beside(self, folder: str | Path) -> None:
+        """Write this tokenizer (and its chat format, if imported) into a new run folder."""
+        self.save(folder)
+        if self.chat_format is not None:
+            path = Path(folder) / CHAT_FORMAT_FILE
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.chat_format, indent=2))
+            tmp.replace(path)
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int) -> Tokenizer:
@@ -132,7 +203,9 @@ class Tokenizer:
         return cls(hf)
 
     def summary(self) -> dict:
-        return {"vocab_size": self.vocab_size, "special_tokens": SPECIAL_TOKENS}
+        specials = [self.hf.id_to_token(i) for i in sorted(self.special_ids)]
+        return {"vocab_size": self.vocab_size, "special_tokens": specials}
 
 
 _BYTE_DECODER = _byte_decoder()
+_SP_BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")

@@ -35,6 +35,10 @@ class Seq2SeqTask:
     def pairs(self, split: str) -> list[Pair]:
         raise NotImplementedError
 
+    def texts(self) -> list[str]:
+        """The training text, to train a tokenizer on."""
+        return [f"{p.source}\n{p.target}" for p in self.pairs("train")]
+
     def correct(self, pair: Pair, reply: str) -> bool:
         """Whether a generated reply is right: the task's reward when it has one, else the
         reply equals the target (ignoring case, spacing and a final full stop)."""
@@ -46,6 +50,9 @@ class Seq2SeqTask:
 
 class ChitchatReply(Seq2SeqTask):
     name = "chitchat-reply"
+
+    def texts(self) -> list[str]:
+        return chitchat.documents("train")  # every turn once: the pretraining corpus
 
     def pairs(self, split: str) -> list[Pair]:
         return [

@@ -11,6 +11,7 @@ ARCHITECTURES = ("decoder", "encoder", "encoder_decoder")
 NORMS = ("rms", "layer")
 POSITIONS = ("rope", "learned")
 MLPS = ("swiglu", "gelu")
+ROPE_SCALINGS = ("llama3", "linear")
 
 
 @dataclass(frozen=True)
@@ -26,15 +27,22 @@ class ModelConfig:
     tie_embeddings: bool = True
     arch: str = "decoder"
     n_decoder_layer: int = 0  # encoder_decoder only; 0 means same as n_layer
+    # switches that imported models need; each default is chatsmith's own architecture
+    norm_eps: float = 1e-6  # RMSNorm / LayerNorm epsilon
+    head_size: int = 0  # 0: d_model // n_head; otherwise heads may be wider or narrower
+    qkv_bias: bool = False  # biases on the query/key/value projections (Qwen2)
+    qk_norm: bool = False  # RMSNorm on each query/key head before rotary (Qwen3)
+    # None: plain rotary; {"rope_type": "llama3", "factor", "low_freq_factor",
+    # "high_freq_factor", "original_max_position_embeddings"} or {"rope_type": "linear", "factor"}
+    rope_scaling: dict | None = None
     # block flavour: chatsmith's own is pre-norm RMSNorm, rotary, SwiGLU, no biases; the
     # BERT/GPT-2 family is LayerNorm with bias, learned absolute positions, GELU, biases
     norm: str = "rms"  # "rms" or "layer" (LayerNorm with a bias)
-    norm_eps: float = 1e-6
     post_norm: bool = False  # normalise after each residual add (BERT, the 2017 Transformer)
     positions: str = "rope"  # "rope" or "learned" (absolute position embeddings)
     token_types: int = 0  # learned token-type (segment) embeddings, BERT's; 0: none
     mlp: str = "swiglu"  # "swiglu" or "gelu" (two matrices, exact erf GELU)
-    bias: bool = False  # biases on every linear layer
+    bias: bool = False  # biases on every linear layer (qkv_bias alone: only q/k/v)
 
     def __post_init__(self) -> None:
         if self.d_ff == 0 and self.mlp == "gelu":
@@ -50,7 +58,7 @@ class ModelConfig:
         for name in ("vocab_size", "n_layer", "n_head", "n_kv_head", "d_model", "max_seq_len"):
             if getattr(self, name) < 1:
                 raise ChatsmithError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.d_model % self.n_head:
+        if not self.head_size and self.d_model % self.n_head:
             raise ChatsmithError(
                 f"{self.n_head} heads do not divide width {self.d_model}: "
                 "choose n_head so that d_model / n_head is a whole number"
@@ -71,10 +79,15 @@ class ModelConfig:
             raise ChatsmithError(f"norm_eps must be positive, got {self.norm_eps}")
         if self.token_types < 0:
             raise ChatsmithError(f"token_types must be >= 0, got {self.token_types}")
+        kind = (self.rope_scaling or {}).get("rope_type")
+        if self.rope_scaling is not None and kind not in ROPE_SCALINGS:
+            raise ChatsmithError(
+                f"unknown rope scaling {kind!r}; supported: {', '.join(ROPE_SCALINGS)}"
+            )
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_head
+        return self.head_size or self.d_model // self.n_head
 
     def to_dict(self) -> dict:
         return asdict(self)

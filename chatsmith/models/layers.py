@@ -2,8 +2,9 @@
 
 By default each block is pre-norm (RMSNorm), attention uses rotary positions and PyTorch's
 scaled_dot_product_attention (flash kernels on CUDA), MLPs are SwiGLU, and no layer has a bias.
-Config switches give the other common flavour from the same parts: LayerNorm with a bias,
-learned absolute positions (and token types), GELU MLPs, biases and post-norm (BERT).
+Config switches give imported families their parts from the same modules: query/key/value
+biases and per-head q/k norms (Qwen), and the BERT/GPT-2 flavour: LayerNorm with a bias,
+learned absolute positions (and token types), GELU MLPs, biases everywhere and post-norm.
 The same attention module is causal for a decoder, bidirectional for an encoder, and
 cross-attends to an encoder's output in an encoder-decoder.
 """
@@ -59,7 +60,11 @@ class Positional(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         rope = cfg.positions == "rope"
-        self.rotary = Rotary(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta) if rope else None
+        self.rotary = (
+            Rotary(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
+            if rope
+            else None
+        )
         self.learned = None if rope else LearnedPositions(cfg)
         # post-norm blocks end normalised, so the stack normalises its input instead
         self.input_norm = norm_layer(cfg) if cfg.post_norm else None
@@ -76,14 +81,26 @@ def final_norm(cfg: ModelConfig) -> nn.Module:
 
 
 class Rotary(nn.Module):
-    """Rotary position embedding: rotates query/key channel pairs by position-dependent angles."""
+    """Rotary position embedding: rotates query/key channel pairs by position-dependent angles.
 
-    def __init__(self, head_dim: int, max_seq_len: int, theta: float):
+    The cos/sin tables stay float32 whatever dtype the model is cast to (as transformers keeps
+    them): rounding the angles of late positions to bf16 would shift every rotation.
+    """
+
+    def __init__(self, head_dim: int, max_seq_len: int, theta: float, scaling: dict | None = None):
         super().__init__()
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)
+        inv_freq = scale_frequencies(inv_freq, scaling)  # (D/2,)
+        angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)  # (T, D/2)
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        cos, sin = self.cos, self.sin
+        super()._apply(fn, recurse)
+        # follow the device of a .to()/.cuda(), never the dtype
+        self.cos, self.sin = cos.to(self.cos.device), sin.to(self.sin.device)
+        return self
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
         """x: (B, H, S, D); positions: (S,) shared or (B, S) per row."""
@@ -93,6 +110,28 @@ class Rotary(nn.Module):
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+def scale_frequencies(inv_freq: Tensor, scaling: dict | None) -> Tensor:
+    """Stretch rotary frequencies for contexts longer than the model was first trained on.
+
+    "linear" slows every frequency by `factor`. "llama3" (Llama 3.1+) leaves the fast
+    frequencies, whose wavelength is short next to the original context, alone; slows the slow
+    ones by `factor`; and blends the two linearly in between.
+    """
+    if scaling is None:
+        return inv_freq
+    factor = float(scaling["factor"])
+    if scaling["rope_type"] == "linear":
+        return inv_freq / factor
+    low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+    context = float(scaling["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / inv_freq
+    slowed = torch.where(wavelen > context / low, inv_freq / factor, inv_freq)
+    blend = (context / wavelen - low) / (high - low)  # 0 at the slow end, 1 at the fast end
+    smoothed = (1 - blend) * slowed / factor + blend * slowed
+    between = (wavelen >= context / high) & (wavelen <= context / low)
+    return torch.where(between, smoothed, slowed)
 
 
 class KVCache:
@@ -192,15 +231,20 @@ class Attention(nn.Module):
         super().__init__()
         self.causal, self.cross = causal, cross
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        kv_dim = cfg.n_kv_head * cfg.head_dim
-        self.q = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
-        self.kv = nn.Linear(cfg.d_model, 2 * kv_dim, bias=cfg.bias)  # keys, then values
-        self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        q_dim, kv_dim = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
+        self.q = nn.Linear(cfg.d_model, q_dim, bias=cfg.qkv_bias or cfg.bias)
+        self.kv = nn.Linear(cfg.d_model, 2 * kv_dim, bias=cfg.qkv_bias or cfg.bias)  # keys, values
+        self.out = nn.Linear(q_dim, cfg.d_model, bias=cfg.bias)
+        # per-head RMSNorm of queries and keys (over the head's D channels), before rotary
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
 
     def project_kv(self, src: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values (B, H_kv, T, D) of a sequence (B, T, d)."""
         B, T, _ = src.shape
         k, v = self.kv(src).view(B, T, 2, self.n_kv_head, self.head_dim).unbind(2)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
         return k.transpose(1, 2), v.transpose(1, 2)
 
     def forward(
@@ -217,7 +261,10 @@ class Attention(nn.Module):
         """`memory_kv`: cross-attention keys/values computed once (see `project_kv`), used
         instead of projecting `memory` again at every decoding step."""
         B, S, _ = x.shape
-        q = self.q(x).view(B, S, self.n_head, self.head_dim).transpose(1, 2)
+        q = self.q(x).view(B, S, self.n_head, self.head_dim)  # (B, S, H, D)
+        if self.q_norm is not None:
+            q = self.q_norm(q)
+        q = q.transpose(1, 2)  # (B, H, S, D)
         if memory_kv is not None:
             k, v = memory_kv
         else:

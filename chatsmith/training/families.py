@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from chatsmith.data.seq2seq import Seq2SeqTask, get_seq2seq_task, pair_ids
+from chatsmith.data.seq2seq import get_seq2seq_task, pair_ids
 from chatsmith.data.tokens import TokenWindows
 from chatsmith.errors import ChatsmithError
 from chatsmith.models.config import ARCHITECTURES
@@ -30,11 +30,6 @@ def check_family(args: dict, builtin_data: str) -> None:
         raise ChatsmithError("--arch encoder learns from text (--data), not from a --task")
     if task and (args.get("data") != builtin_data or args.get("val_data")):
         raise ChatsmithError("--task brings its own data; give --task or --data, not both")
-
-
-def task_texts(task: Seq2SeqTask) -> list[str]:
-    """The task's training text, to train the tokenizer on."""
-    return [f"{p.source}\n{p.target}" for p in task.pairs("train")]
 
 
 def task_objective(

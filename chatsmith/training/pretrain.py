@@ -24,7 +24,7 @@ from chatsmith.models import (
 )
 from chatsmith.runtime import seed_everything
 from chatsmith.tokenizer import Tokenizer
-from chatsmith.training.families import check_family, masked_objective, task_objective, task_texts
+from chatsmith.training.families import check_family, masked_objective, task_objective
 from chatsmith.training.loop import RunFlags, TrainResult, TrainSettings, train
 from chatsmith.training.objectives import MaskedLM
 
@@ -135,6 +135,9 @@ def model_config(args: dict, vocab_size: int) -> ModelConfig:
         "vocab_size": vocab_size,
         "max_seq_len": args["seq_len"],
         "n_kv_head": args.get("n_kv_head"),
+        # not flags: for callers that size families to equal parameter counts (benchmarks)
+        "n_layer": args.get("n_layer"),
+        "n_decoder_layer": args.get("n_decoder_layer"),
     }
     if args.get("depth"):
         if args["n_kv_head"] is None:
@@ -159,7 +162,7 @@ def pretrain(
     seed_everything(flags.seed)
     out = Path(flags.out)
     if args.get("task"):
-        train_docs, val_docs = task_texts(get_seq2seq_task(args["task"])), None
+        train_docs, val_docs = get_seq2seq_task(args["task"]).texts(), None
     else:
         train_docs, val_docs = load_corpus(args["data"], args.get("val_data"), args["max_text_mb"])
     if flags.resume:
