@@ -10,9 +10,11 @@ from conftest import run_cli
 
 import chatsmith.inference.engine as engine_mod
 from chatsmith.errors import ChatsmithError
-from chatsmith.inference.chat import ChatSession, MarkerFilter, MessageTooLong
+from chatsmith.inference.chat import ChatSession, MessageTooLong
 from chatsmith.inference.engine import Engine, SamplingParams
 from chatsmith.inference.loading import load_run
+from chatsmith.inference.streaming import StopFilter
+from chatsmith.tokenizer import SPECIAL_TOKENS
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +65,13 @@ def test_reply_never_shows_marker_text(loaded, monkeypatch):
     assert s.engine.live == []  # the slot was freed
 
 
-def test_marker_filter_holds_back_only_possible_markers():
-    f = MarkerFilter()
+def test_stop_filter_holds_back_only_possible_markers():
+    f = StopFilter(SPECIAL_TOKENS)
     assert f.push("a <") == "a "
     assert f.push("|en") == ""
     assert f.push("x and <|end") == "<|enx and "
     assert f.push("|> rest") == "" and f.stopped
-    g = MarkerFilter()
+    g = StopFilter(SPECIAL_TOKENS)
     assert g.push("<|ASSISTANT|>") == "<|ASSISTANT|>"
     assert g.push("tail <|") == "tail " and g.flush() == "<|"
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import threading
 import time
 
@@ -12,9 +14,10 @@ import pytest
 
 from chatsmith.chat_template import parse, render_prompt
 from chatsmith.inference.loading import load_run
-from chatsmith.serving.app import _ChoiceText, create_app
+from chatsmith.serving.app import create_app
 from chatsmith.serving.config import ServeLimits
 from chatsmith.serving.live import LiveServer
+from chatsmith.serving.server import ChoiceText
 
 KEY = "test-key"
 HELLO = [{"role": "user", "content": "Hi, how are you?"}]
@@ -83,6 +86,17 @@ def test_models_and_health(client, live, loaded):
     health = httpx.get(live.url + "/health").json()
     assert health["status"] == "ok" and health["slots"] == 4
     assert "/v1/chat/completions" in httpx.get(live.url + "/openapi.json").json()["paths"]
+
+
+def test_models_created_is_when_the_run_was_made(tiny_run, tmp_path):
+    run = tmp_path / "old-run"
+    shutil.copytree(tiny_run, run)
+    made = 1_600_000_000  # September 2020: long before any request
+    os.utime(run / "run.json", (made, made))
+    with LiveServer(create_app(load_run(run, "cpu"))) as srv:
+        listed = httpx.get(srv.url + "/v1/models").json()["data"]
+        one = httpx.get(srv.url + "/v1/models/old-run").json()
+    assert [m["created"] for m in listed] == [made] and one["created"] == made
 
 
 def test_chat_completion(client, loaded):
@@ -167,9 +181,7 @@ def test_choice_text_holds_back_partial_stop():
         def token_bytes(self, t):
             return chr(t).encode()
 
-    from chatsmith.inference.streaming import TextStream
-
-    st = _ChoiceText(TextStream(Tok()), ["END"])
+    st = ChoiceText(Tok(), ["END"])
     out = [st.push(ord(c)) for c in "abEN"]
     assert "".join(out) == "ab"  # "EN" might start "END"
     assert st.push(ord("x")) == "ENx"

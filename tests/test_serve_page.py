@@ -132,7 +132,10 @@ def test_chat_page_streams_stops_and_starts_over(page_server, browser):
     # stop mid-reply: the stream ends, the slot comes free, the page is ready again (in a new
     # chat, so the prompt stays well inside the tiny test model's 64-token context)
     browser.execute_script("document.getElementById('max-tokens').value = '60';")
+    asked = len(page_server.prompts)
     third = _send(browser, "And then?")
+    # the reply's bubble shows before the request reaches the engine: wait for its prompt
+    _wait(lambda: len(page_server.prompts) > asked)
     assert len(parse(_tokenizer(page_server), page_server.prompts[-1])) == 1
     _wait(lambda: len(_text(third)) > 0)
     browser.find_element(By.ID, "stop").click()

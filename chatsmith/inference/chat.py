@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from chatsmith.chat_template import render_prompt
 from chatsmith.errors import ChatsmithError
 from chatsmith.inference.engine import Engine, SamplingParams
-from chatsmith.inference.streaming import TextStream
+from chatsmith.inference.streaming import StopFilter, TextStream
 from chatsmith.tokenizer import SPECIAL_TOKENS, Tokenizer
 
 MIN_REPLY_ROOM = 16
@@ -22,42 +22,6 @@ MIN_REPLY_ROOM = 16
 
 class MessageTooLong(ChatsmithError):
     """One message (with the system prompt) leaves no room for a reply in the context."""
-
-
-class MarkerFilter:
-    """Cut a reply at the first text that spells a chat marker (e.g. a literal "<|user|>").
-
-    Markers are special tokens, so a model cannot emit one as text by accident through the
-    tokenizer; but it can spell one out of ordinary byte tokens. Text that might be the start
-    of a marker is held back until it is clearly not one.
-    """
-
-    def __init__(self, markers: list[str] = SPECIAL_TOKENS):
-        self.markers = markers
-        self.pending = ""
-        self.stopped = False
-
-    def push(self, text: str) -> str:
-        if self.stopped:
-            return ""
-        self.pending += text
-        hits = [i for i in (self.pending.find(m) for m in self.markers) if i >= 0]
-        if hits:
-            out, self.pending, self.stopped = self.pending[: min(hits)], "", True
-            return out
-        keep = 0  # the longest tail that is a proper prefix of some marker
-        for m in self.markers:
-            for n in range(min(len(m) - 1, len(self.pending)), keep, -1):
-                if self.pending.endswith(m[:n]):
-                    keep = n
-                    break
-        cut = len(self.pending) - keep
-        out, self.pending = self.pending[:cut], self.pending[cut:]
-        return out
-
-    def flush(self) -> str:
-        out, self.pending = ("" if self.stopped else self.pending), ""
-        return out
 
 
 @dataclass
@@ -170,7 +134,9 @@ class ChatSession:
         prompt = self.prompt_ids(user_text)
         seq = self.engine.add(prompt, self.params)
         self.history.append({"role": "user", "content": user_text})
-        stream, guard = TextStream(self.tokenizer), MarkerFilter()
+        # markers are special tokens, so the tokenizer never yields one as text by accident,
+        # but a model can spell one out of byte tokens: such text ends the reply too
+        stream, guard = TextStream(self.tokenizer), StopFilter(SPECIAL_TOKENS)
         parts: list[str] = []
         self.last_finish = None
         try:

@@ -1,0 +1,79 @@
+"""The HTTP routes: OpenAI-compatible `/v1/...`, `/health`, and the chat page at `/`.
+
+Routes only parse and delegate: prompts and sampling come from the app's `Server`
+(`app.state.server`, handed in by the `server` dependency), answers from `responses`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse
+
+from chatsmith.serving.errors import APIError
+from chatsmith.serving.middleware import authorize
+from chatsmith.serving.protocol import ChatCompletionRequest, CompletionRequest
+from chatsmith.serving.responses import CHAT, COMPLETION, respond
+from chatsmith.serving.server import Server
+
+STATIC = Path(__file__).parent / "static"
+
+
+def server(request: Request) -> Server:
+    return request.app.state.server
+
+
+router = APIRouter()
+openai_api = APIRouter(dependencies=[Depends(authorize)], tags=["openai"])
+
+
+@router.get("/health", tags=["server"])
+async def health(srv: Server = Depends(server)) -> dict:
+    stats = srv.scheduler.stats() if srv.scheduler else {}
+    return {"status": "ok" if srv.scheduler else "stopped", "model": srv.model_id, **stats}
+
+
+@router.get("/", include_in_schema=False)
+async def index():
+    return FileResponse(STATIC / "index.html", media_type="text/html")
+
+
+@openai_api.get("/v1/models")
+async def list_models(srv: Server = Depends(server)) -> dict:
+    return {"object": "list", "data": [srv.model_card()]}
+
+
+@openai_api.get("/v1/models/{model}")
+async def get_model(model: str, srv: Server = Depends(server)) -> dict:
+    if model != srv.model_id:
+        raise APIError(
+            404,
+            f"model {model!r} not found; this server has {srv.model_id!r}",
+            param="model",
+            code="model_not_found",
+        )
+    return srv.model_card()
+
+
+@openai_api.post("/v1/chat/completions")
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request, srv: Server = Depends(server)
+):
+    ids = srv.chat_prompt(body)
+    params = srv.sampling(body, body.max_completion_tokens or body.max_tokens)
+    ticket = srv.submit([ids] * len(params), params)
+    return await respond(request, srv, ticket, body, len(ids), CHAT)
+
+
+@openai_api.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request, srv: Server = Depends(server)):
+    prompts = srv.text_prompts(body)
+    params = srv.sampling(body, body.max_tokens)
+    # choices are prompt-major: all n choices of the first prompt, then of the next
+    jobs = [p for p in prompts for _ in params]
+    ticket = srv.submit(jobs, params * len(prompts))
+    return await respond(request, srv, ticket, body, sum(map(len, prompts)), COMPLETION)
+
+
+router.include_router(openai_api)

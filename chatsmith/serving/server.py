@@ -1,0 +1,190 @@
+"""The server's state around the scheduler: request -> prompt and sampling, tokens -> text.
+
+`Server` holds what every route shares (the loaded run, its engine, the limits, the API key)
+and owns the `Scheduler`'s lifetime. `ChoiceText` turns one choice's tokens into text cut at
+the request's stop strings, through the same `StopFilter` the chat session uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from chatsmith.chat_template import render_prompt, validate_messages
+from chatsmith.checkpoint import RUN_FILE
+from chatsmith.errors import ChatsmithError
+from chatsmith.inference.engine import Engine, SamplingParams
+from chatsmith.inference.loading import LoadedRun
+from chatsmith.inference.streaming import StopFilter, TextStream
+from chatsmith.serving.config import ServeLimits
+from chatsmith.serving.errors import APIError
+from chatsmith.serving.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
+from chatsmith.serving.scheduler import QueueFull, Scheduler, Ticket
+from chatsmith.tokenizer import Tokenizer
+
+
+def run_created(run_dir: Path) -> int:
+    """When the run was made, as Unix seconds: its run.json is written once, when it starts."""
+    return int((Path(run_dir) / RUN_FILE).stat().st_mtime)
+
+
+class ChoiceText:
+    """One choice's token ids -> text, ended at the first of the request's stop strings."""
+
+    def __init__(self, tokenizer: Tokenizer, stops: list[str]):
+        self.stream, self.filter = TextStream(tokenizer), StopFilter(stops)
+        self.text = ""
+        self.tokens = 0
+        self.finish: str | None = None
+
+    def push(self, token: int) -> str:
+        self.tokens += 1
+        return self._add(self.filter.push(self.stream.push(token)))
+
+    def end(self, reason: str) -> str:
+        piece = self._add(self.filter.push(self.stream.flush()) + self.filter.flush())
+        self.finish = self.finish or reason
+        return piece
+
+    def _add(self, piece: str) -> str:
+        if self.filter.stopped:
+            self.finish = "stop"
+        self.text += piece
+        return piece
+
+
+class Server:
+    """State shared by the request handlers: model, tokenizer, limits and the scheduler."""
+
+    def __init__(self, loaded: LoadedRun, limits: ServeLimits, api_key: str | None):
+        limits.validate()
+        self.limits, self.api_key = limits, api_key
+        self.tok = loaded.tokenizer
+        self.model_id = loaded.name
+        self.created = run_created(loaded.path)
+        self.context = loaded.cfg.max_seq_len
+        # every special token ends a reply: a marker can never show up as reply text
+        self.engine = Engine(
+            loaded.model,
+            stop_ids=sorted(self.tok.special_ids),
+            max_batch=limits.max_batch,
+            cuda_graph=True,
+        )
+        self.scheduler: Scheduler | None = None
+
+    def start(self) -> None:
+        if self.scheduler is None:
+            self.scheduler = Scheduler(self.engine, self.limits.max_queue)
+
+    def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.close()
+            self.scheduler = None
+
+    def model_card(self) -> dict:
+        return {
+            "id": self.model_id,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "chatsmith",
+            "context_length": self.context,
+        }
+
+    # ---- request -> prompt and sampling -----------------------------------------------------
+
+    def chat_prompt(self, body: ChatCompletionRequest) -> list[int]:
+        messages = [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            for m in body.messages
+        ]
+        try:
+            messages = validate_messages(messages, where="messages")
+        except ChatsmithError as e:
+            raise APIError(400, str(e), param="messages") from None
+        ids = render_prompt(self.tok, messages)
+        self._check_length(ids, "messages")
+        return ids
+
+    def text_prompts(self, body: CompletionRequest) -> list[list[int]]:
+        texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        prompts = [[self.tok.bos_id, *self.tok.encode(t)] for t in texts]
+        for i, ids in enumerate(prompts):
+            self._check_length(ids, "prompt" if len(prompts) == 1 else f"prompt[{i}]")
+        return prompts
+
+    def _check_length(self, ids: list[int], param: str) -> None:
+        if len(ids) >= self.context:
+            raise APIError(
+                400,
+                f"the prompt has {len(ids)} tokens; this model's context is {self.context} "
+                "tokens, which leaves no room for a reply: shorten it",
+                param=param,
+                code="context_length_exceeded",
+            )
+
+    def sampling(self, req: SamplingRequest, max_tokens: int | None) -> list[SamplingParams]:
+        """One SamplingParams per choice (`n`); choice i samples with seed + i."""
+        lim = self.limits
+        n = req.n or 1
+        if n > lim.max_n:
+            raise APIError(400, f"n must be at most {lim.max_n}, got {n}", param="n")
+        if max_tokens is not None and max_tokens > lim.max_tokens:
+            raise APIError(
+                400,
+                f"max_tokens must be at most {lim.max_tokens}, got {max_tokens}",
+                param="max_tokens",
+            )
+        temperature = 1.0 if req.temperature is None else req.temperature
+        top_p = 1.0 if req.top_p is None else req.top_p
+        if top_p == 0:  # OpenAI accepts 0: only the likeliest token survives
+            temperature, top_p = 0.0, 1.0
+        return [
+            SamplingParams(
+                max_tokens=max_tokens or min(lim.default_max_tokens, lim.max_tokens),
+                temperature=temperature,
+                top_p=top_p,
+                top_k=req.top_k,
+                seed=None if req.seed is None else (req.seed + i) % 2**64,
+            )
+            for i in range(n)
+        ]
+
+    # ---- the scheduler -----------------------------------------------------------------------
+
+    def submit(self, prompts: list[list[int]], params: list[SamplingParams]) -> Ticket:
+        retry = {"Retry-After": str(self.limits.retry_after_s)}
+        if self.scheduler is None:
+            raise APIError(503, "the server is not running", "server_error", headers=retry)
+        try:
+            return self.scheduler.submit(prompts, params)
+        except QueueFull as e:
+            raise APIError(
+                429, str(e), "rate_limit_exceeded", code="queue_full", headers=retry
+            ) from None
+
+    def cancel(self, ticket: Ticket, indices: list[int] | None = None) -> None:
+        if self.scheduler is not None:
+            self.scheduler.cancel(ticket, indices)
+
+    async def pieces(
+        self, ticket: Ticket, stops: list[str]
+    ) -> AsyncIterator[tuple[int, str, ChoiceText]]:
+        """(choice index, new text, state) as tokens arrive, until every choice has finished."""
+        states = [ChoiceText(self.tok, stops) for _ in ticket.jobs]
+        remaining = len(states)
+        while remaining:
+            for idx, token, reason in await ticket.events.get():
+                st = states[idx]
+                if st.finish is not None:
+                    continue
+                if reason is not None and reason.startswith("error:"):
+                    raise APIError(500, reason[len("error:") :], "server_error")
+                piece = "" if token is None else st.push(token)
+                if st.finish is not None:  # a stop string: free the slot now
+                    self.cancel(ticket, [idx])
+                elif reason is not None:
+                    piece += st.end(reason)
+                if piece or st.finish is not None:
+                    yield idx, piece, st
+                if st.finish is not None:
+                    remaining -= 1
