@@ -73,6 +73,17 @@ def tiny_run(corpus, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def encoder_run(corpus, tmp_path_factory) -> Path:
+    """A tiny masked-LM encoder run folder, trained on the same corpus."""
+    from chatsmith.training.pretrain import pretrain
+
+    out = tmp_path_factory.mktemp("runs") / "encoder"
+    args = tiny_args(corpus, arch="encoder")
+    pretrain(args, tiny_flags(out, 40), quiet=True, say=lambda *_: None)
+    return out
+
+
 def run_cli(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
     """Run the real `chatsmith` command line in a subprocess."""
     return subprocess.run(

@@ -8,21 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli, tiny_args, tiny_flags
+from conftest import run_cli
 
 from chatsmith.inference.embeddings import embed_texts
 from chatsmith.inference.loading import load_run
-
-
-@pytest.fixture(scope="module")
-def encoder_run(corpus, tmp_path_factory) -> Path:
-    from chatsmith.training.pretrain import pretrain
-
-    out = tmp_path_factory.mktemp("runs") / "encoder"
-    pretrain(
-        tiny_args(corpus, arch="encoder"), tiny_flags(out, 40), quiet=True, say=lambda *_: None
-    )
-    return out
 
 
 def reverse_pairs(path: Path, n: int = 240) -> Path:

@@ -11,9 +11,10 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse
 
+from chatsmith.serving.embeddings import embedding_response
 from chatsmith.serving.errors import APIError
 from chatsmith.serving.middleware import authorize
-from chatsmith.serving.protocol import ChatCompletionRequest, CompletionRequest
+from chatsmith.serving.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from chatsmith.serving.responses import CHAT, COMPLETION, respond
 from chatsmith.serving.server import Server
 
@@ -30,8 +31,7 @@ openai_api = APIRouter(dependencies=[Depends(authorize)], tags=["openai"])
 
 @router.get("/health", tags=["server"])
 async def health(srv: Server = Depends(server)) -> dict:
-    stats = srv.scheduler.stats() if srv.scheduler else {}
-    return {"status": "ok" if srv.scheduler else "stopped", "model": srv.model_id, **stats}
+    return {"status": "ok" if srv.running else "stopped", "model": srv.model_id, **srv.stats()}
 
 
 @router.get("/", include_in_schema=False)
@@ -74,6 +74,13 @@ async def completions(body: CompletionRequest, request: Request, srv: Server = D
     jobs = [p for p in prompts for _ in params]
     ticket = srv.submit(jobs, params * len(prompts))
     return await respond(request, srv, ticket, body, sum(map(len, prompts)), COMPLETION)
+
+
+@openai_api.post("/v1/embeddings")
+async def embeddings(body: EmbeddingRequest, srv: Server = Depends(server)) -> dict:
+    seqs = srv.embedding_inputs(body)
+    vectors = await srv.embed(seqs)
+    return embedding_response(vectors, body.encoding_format, srv.model_id, sum(map(len, seqs)))
 
 
 router.include_router(openai_api)

@@ -13,12 +13,19 @@ from pathlib import Path
 from chatsmith.chat_template import render_prompt, validate_messages
 from chatsmith.checkpoint import RUN_FILE
 from chatsmith.errors import ChatsmithError
+from chatsmith.inference.embeddings import embedding_ids
 from chatsmith.inference.engine import Engine, SamplingParams
 from chatsmith.inference.loading import LoadedRun
 from chatsmith.inference.streaming import StopFilter, TextStream
 from chatsmith.serving.config import ServeLimits
+from chatsmith.serving.embeddings import EmbeddingBatcher
 from chatsmith.serving.errors import APIError
-from chatsmith.serving.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
+from chatsmith.serving.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    SamplingRequest,
+)
 from chatsmith.serving.scheduler import QueueFull, Scheduler, Ticket
 from chatsmith.tokenizer import Tokenizer
 
@@ -63,23 +70,44 @@ class Server:
         self.model_id = loaded.name
         self.created = run_created(loaded.path)
         self.context = loaded.cfg.max_seq_len
-        # every special token ends a reply: a marker can never show up as reply text
-        self.engine = Engine(
-            loaded.model,
-            stop_ids=sorted(self.tok.special_ids),
-            max_batch=limits.max_batch,
-            cuda_graph=True,
-        )
+        self.arch, self.model, self.width = loaded.cfg.arch, loaded.model, loaded.cfg.d_model
+        self.vocab_size = loaded.cfg.vocab_size
+        self.engine: Engine | None = None
+        if self.arch != "encoder":  # an encoder embeds; it has no engine to generate with
+            # every special token ends a reply: a marker can never show up as reply text
+            self.engine = Engine(
+                loaded.model,
+                stop_ids=sorted(self.tok.special_ids),
+                max_batch=limits.max_batch,
+                cuda_graph=True,
+                start_id=self.tok.bos_id,
+            )
         self.scheduler: Scheduler | None = None
+        self.embedder: EmbeddingBatcher | None = None
 
     def start(self) -> None:
-        if self.scheduler is None:
+        if self.engine is not None and self.scheduler is None:
             self.scheduler = Scheduler(self.engine, self.limits.max_queue)
+        if self.engine is None and self.embedder is None:
+            self.embedder = EmbeddingBatcher(
+                self.model, self.limits.max_batch, self.limits.max_queue
+            )
 
     def stop(self) -> None:
         if self.scheduler is not None:
             self.scheduler.close()
             self.scheduler = None
+        if self.embedder is not None:
+            self.embedder.close()
+            self.embedder = None
+
+    @property
+    def running(self) -> bool:
+        return self.scheduler is not None or self.embedder is not None
+
+    def stats(self) -> dict:
+        worker = self.scheduler or self.embedder
+        return worker.stats() if worker is not None else {}
 
     def model_card(self) -> dict:
         return {
@@ -92,7 +120,17 @@ class Server:
 
     # ---- request -> prompt and sampling -----------------------------------------------------
 
+    def _generative(self) -> None:
+        if self.engine is None:
+            raise APIError(
+                400,
+                f"{self.model_id} is an encoder model: it serves /v1/embeddings, not completions",
+                param="model",
+                code="model_not_supported",
+            )
+
     def chat_prompt(self, body: ChatCompletionRequest) -> list[int]:
+        self._generative()
         messages = [
             {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
             for m in body.messages
@@ -101,18 +139,82 @@ class Server:
             messages = validate_messages(messages, where="messages")
         except ChatsmithError as e:
             raise APIError(400, str(e), param="messages") from None
-        ids = render_prompt(self.tok, messages)
+        if self.engine.seq2seq:  # an encoder-decoder replies to the last message
+            ids = self.tok.encode(messages[-1]["content"])
+        else:
+            ids = render_prompt(self.tok, messages)
         self._check_length(ids, "messages")
         return ids
 
     def text_prompts(self, body: CompletionRequest) -> list[list[int]]:
+        self._generative()
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        prompts = [[self.tok.bos_id, *self.tok.encode(t)] for t in texts]
+        start = [] if self.engine.seq2seq else self.tok.doc_start
+        prompts = [[*start, *self.tok.encode(t)] for t in texts]
         for i, ids in enumerate(prompts):
             self._check_length(ids, "prompt" if len(prompts) == 1 else f"prompt[{i}]")
         return prompts
 
+    def embedding_inputs(self, body: EmbeddingRequest) -> list[list[int]]:
+        """Token ids of every input (text as `chatsmith embed` reads it; ids as given)."""
+        if self.engine is not None:
+            raise APIError(
+                400,
+                f"{self.model_id} is a {self.arch} model: it generates text; embeddings come "
+                "from an encoder run (chatsmith pretrain --arch encoder, or an imported BERT)",
+                param="model",
+                code="model_not_supported",
+            )
+        if body.dimensions is not None and body.dimensions != self.width:
+            raise APIError(
+                400,
+                f"this model's embeddings have {self.width} dimensions; dimensions must be "
+                f"{self.width} or left out",
+                param="dimensions",
+            )
+        raw = body.input
+        if isinstance(raw, str) or (raw and isinstance(raw[0], int)):
+            raw = [raw]
+        seqs = []
+        for i, item in enumerate(raw):
+            param = "input" if len(raw) == 1 else f"input[{i}]"
+            if isinstance(item, str):
+                ids = embedding_ids(self.tok, item)
+            else:
+                ids = list(item)
+                if max(ids) >= self.vocab_size:
+                    raise APIError(
+                        400,
+                        f"{param}: token id {max(ids)} is outside the vocabulary "
+                        f"(0-{self.vocab_size - 1})",
+                        param=param,
+                    )
+            if len(ids) > self.context:
+                raise APIError(
+                    400,
+                    f"{param} has {len(ids)} tokens; this model reads at most {self.context}",
+                    param=param,
+                    code="context_length_exceeded",
+                )
+            seqs.append(ids)
+        return seqs
+
+    async def embed(self, seqs: list[list[int]]):
+        """The (len(seqs), d) embeddings, computed with whatever other requests are waiting."""
+        retry = {"Retry-After": str(self.limits.retry_after_s)}
+        if self.embedder is None:
+            raise APIError(503, "the server is not running", "server_error", headers=retry)
+        try:
+            future = self.embedder.submit(seqs)
+        except QueueFull as e:
+            raise APIError(
+                429, str(e), "rate_limit_exceeded", code="queue_full", headers=retry
+            ) from None
+        return await future
+
     def _check_length(self, ids: list[int], param: str) -> None:
+        if self.engine is not None and self.engine.seq2seq and 0 < len(ids) <= self.context:
+            return  # an encoder-decoder reads the whole context and writes on its own side
         if len(ids) >= self.context:
             raise APIError(
                 400,
