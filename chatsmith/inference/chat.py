@@ -79,8 +79,8 @@ class ChatSession:
     last_finish: str | None = None
 
     def __post_init__(self) -> None:
-        if self.tokenizer.end_id not in self.engine.stop_ids:
-            raise ChatsmithError("the engine must stop at the <|end|> marker to chat")
+        if self.tokenizer.chat.stop_ids[0] not in self.engine.stop_ids:
+            raise ChatsmithError("the engine must stop at the chat template's end marker to chat")
         if self.system is not None:
             self.set_system(self.system)
 
@@ -161,7 +161,7 @@ class ChatSession:
         prompt = self.prompt_ids(user_text)
         seq = self.engine.add(prompt, self.params)
         self.history.append({"role": "user", "content": user_text})
-        stream, guard = TextStream(self.tokenizer), MarkerFilter()
+        stream, guard = TextStream(self.tokenizer), MarkerFilter(self.tokenizer.special_texts)
         parts: list[str] = []
         self.last_finish = None
         try:

@@ -34,9 +34,8 @@ class LoadedRun:
         return self.path.resolve().name
 
     def engine(self, max_batch: int = 1) -> Engine:
-        tok = self.tokenizer
         return Engine(
-            self.model, stop_ids=[tok.end_id, tok.bos_id], max_batch=max_batch, cuda_graph=True
+            self.model, stop_ids=self.tokenizer.chat.stop_ids, max_batch=max_batch, cuda_graph=True
         )
 
 

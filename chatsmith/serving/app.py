@@ -438,7 +438,7 @@ def create_app(
     @app.post("/v1/completions", dependencies=[Depends(authorize)], tags=["openai"])
     async def completions(body: CompletionRequest, request: Request):
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        prompts = [[server.tok.bos_id, *server.tok.encode(t)] for t in texts]
+        prompts = [[*server.tok.doc_start, *server.tok.encode(t)] for t in texts]
         for i, ids in enumerate(prompts):
             server.check_length(ids, "prompt" if len(prompts) == 1 else f"prompt[{i}]")
         params = server.sampling(body, body.max_tokens)
