@@ -204,6 +204,22 @@ def imported(hf_folders, tmp_path_factory) -> dict[str, Path]:
     return {f: import_hf(str(p), root / f, dtype="fp32").out for f, p in hf_folders.items()}
 
 
+def native_run(folder: Path, arch: str = "decoder") -> Path:
+    """A chatsmith run with random weights: its export must compute what it computes."""
+    from chatsmith.checkpoint import RUN_FILE, save_checkpoint, write_json_atomic
+    from chatsmith.models import build_model, config_from_preset
+    from chatsmith.tokenizer import Tokenizer
+
+    folder.mkdir(parents=True)
+    tok = Tokenizer.train(SENTENCES, vocab_size=300)
+    tok.save(folder)
+    cfg = config_from_preset("tiny", vocab_size=tok.vocab_size, n_kv_head=1, arch=arch)
+    torch.manual_seed(1)
+    save_checkpoint(folder, 1, build_model(cfg), cfg, {}, keep_last=1)
+    write_json_atomic(folder / RUN_FILE, {"stage": "pretrain", "model": cfg.to_dict()})
+    return folder
+
+
 def hf_model(folder: Path, dtype=torch.float32):
     return transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
 
@@ -341,15 +357,28 @@ def test_bits_per_byte_counts_decoded_bytes(imported):
 # -- export ---------------------------------------------------------------------------------
 
 
-def test_pretrained_run_exports_to_transformers_with_equal_logits_and_generation(
-    tiny_run, tmp_path
-):
+def test_native_run_exports_with_equal_logits_and_greedy_generation(tmp_path):
+    run = native_run(tmp_path / "run")
+    out, family = export_run(run, tmp_path / "hf")
+    cfg = json.loads((out / "config.json").read_text())
+    assert family == "llama" and cfg["architectures"] == ["LlamaForCausalLM"]
+    assert cfg["rope_parameters"]["rope_theta"] == cfg["rope_theta"]
+    ours = load_run(run, "cpu")
+    theirs = hf_model(out)
+    x = torch.tensor(prompts(ours.cfg.vocab_size, lengths=(50, 50)))
+    with torch.no_grad():
+        assert (ours.model(x)[0] - theirs(x).logits).abs().max().item() < 1e-4
+    batch = prompts(ours.cfg.vocab_size)
+    engine = Engine(ours.model, stop_ids=[], max_batch=len(batch))
+    got = engine.generate_many(batch, SamplingParams(max_tokens=32, temperature=0))
+    assert [g.tokens for g in got] == [hf_greedy(theirs, p) for p in batch]
+
+
+@pytest.mark.slow
+def test_pretrained_run_round_trip_generate_equals_transformers(tiny_run, tmp_path):
     out = tmp_path / "hf"
     result = run_cli("export", str(tiny_run), "--to", "hf", str(out))
     assert result.returncode == 0, result.stderr
-    assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
-    cfg = json.loads((out / "config.json").read_text())
-    assert cfg["rope_parameters"]["rope_theta"] == cfg["rope_theta"]
     ours = load_run(tiny_run, "cpu")
     theirs = hf_model(out)
     x = torch.tensor(prompts(ours.cfg.vocab_size, lengths=(50, 50)))
@@ -358,7 +387,9 @@ def test_pretrained_run_exports_to_transformers_with_equal_logits_and_generation
     prompt = "Hello there"
     ids = [ours.tokenizer.bos_id, *ours.tokenizer.encode(prompt)]
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
-    generated = theirs.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False, top_k=None)
+    generated = theirs.generate(
+        torch.tensor([ids]), max_new_tokens=24, do_sample=False, top_k=None
+    )  # stops at the exported generation_config's stop tokens, as chatsmith does
     reply = hf_tok.decode(generated[0, len(ids) :], skip_special_tokens=True)
     cli = run_cli(
         "generate", str(tiny_run), "-p", prompt, "--temperature", "0", "--max-tokens", "24"
@@ -367,10 +398,10 @@ def test_pretrained_run_exports_to_transformers_with_equal_logits_and_generation
     assert cli.stdout == prompt + reply + "\n"
 
 
-def test_exported_chat_template_gives_our_ids_and_assistant_mask(tiny_run, tmp_path):
-    out = tmp_path / "hf"
-    export_run(tiny_run, out)
-    ours = load_run(tiny_run, "cpu").tokenizer
+def test_exported_chat_template_gives_our_ids_and_assistant_mask(tmp_path):
+    run = native_run(tmp_path / "run")
+    out, _ = export_run(run, tmp_path / "hf")
+    ours = load_run(run, "cpu").tokenizer
     theirs = transformers.AutoTokenizer.from_pretrained(out)
     conversation = [
         {"role": "system", "content": "Be brief."},
@@ -408,18 +439,12 @@ def test_imported_model_exports_back_loadable(family, imported, hf_folders, tmp_
     ).tokenizer.chat.render_prompt(MESSAGES)
 
 
-def test_export_refuses_encoder_runs(tiny_run, tmp_path):
-    from chatsmith.checkpoint import load_checkpoint, save_checkpoint
-    from chatsmith.models import build_model
-
-    run = tmp_path / "enc"
-    shutil.copytree(tiny_run, run)
-    cfg = load_checkpoint(run, with_state=False).model_config.with_(arch="encoder")
-    save_checkpoint(run, 99, build_model(cfg), cfg, {}, keep_last=1)
+def test_export_refuses_encoder_runs(tmp_path):
+    run = native_run(tmp_path / "enc", arch="encoder")
     result = run_cli("export", str(run), "--to", "hf", str(tmp_path / "out"))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "error: cannot export a encoder run to Hugging Face: only decoder runs have an HF layout"
+        "error: cannot export an encoder run to Hugging Face: only decoder runs have an HF layout"
     ]
     assert not (tmp_path / "out").exists()
 
@@ -495,3 +520,68 @@ def test_cli_import_then_generate_and_chat(hf_folders, tmp_path):
     chat = run_cli("chat", str(out), "-p", "Hello there", "--temperature", "0", "--max-tokens", "8")
     assert chat.returncode == 0, chat.stderr
     assert "<|im_" not in chat.stdout
+
+
+def test_imported_model_fine_tunes_with_its_own_template_then_rl(imported, tmp_path):
+    from chatsmith.training.loop import RunFlags
+    from chatsmith.training.rl import RL_DEFAULTS, rl
+    from chatsmith.training.sft import SFT_DEFAULTS, build_examples, sft
+
+    chats = [
+        [
+            {"role": "user", "content": SENTENCES[i % 6]},
+            {"role": "assistant", "content": SENTENCES[(i + 1) % 6]},
+        ]
+        for i in range(12)
+    ]
+    data = tmp_path / "chats.jsonl"
+    data.write_text("\n".join(json.dumps({"messages": c}) for c in chats))
+    base = imported["qwen2"]
+    tok = load_run(base, "cpu").tokenizer
+    for _, y in build_examples(tok, chats[:2], 256):  # learned: the reply and its <|im_end|>
+        learned = tok.hf.decode([t for t in y if t >= 0], skip_special_tokens=False)
+        assert learned in {c[1]["content"] + "<|im_end|>" for c in chats}
+    quiet = dict(quiet=True, say=lambda *_: None)
+    cpu = torch.device("cpu")
+    args = dict(SFT_DEFAULTS, base_run=str(base), data=str(data), val_data=str(data))
+    args.update(batch_size=4, eval_every=1000, save_every=10)
+    sft(
+        args, RunFlags(out=tmp_path / "sft", resume=False, max_steps=2, device=cpu, seed=1), **quiet
+    )
+    assert (tmp_path / "sft" / "chat_format.json").is_file()
+    task = tmp_path / "task.py"
+    task.write_text(
+        "class Short:\n"
+        "    def prompts(self):\n"
+        "        return ['Hello there.', 'Tell me a story.'] * 2\n"
+        "    def reward(self, prompt, reply):\n"
+        "        return float(len(reply) < 10)\n"
+    )
+    args = dict(RL_DEFAULTS, run=str(tmp_path / "sft"), task=str(task))
+    args.update(group_size=2, prompts_per_step=2, max_new_tokens=4, eval_prompts=2)
+    flags = RunFlags(out=tmp_path / "rl", resume=False, max_steps=1, device=cpu, seed=1)
+    assert rl(args, flags, **quiet).step == 1
+    after = load_run(tmp_path / "rl", "cpu")
+    assert after.tokenizer.chat.stop_ids == tok.chat.stop_ids
+    assert after.tokenizer.chat.render_prompt(MESSAGES) == tok.chat.render_prompt(MESSAGES)
+
+
+def test_imported_model_serves_chat_completions_with_its_template(imported):
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("fastapi")
+    from chatsmith.serving.app import create_app
+    from chatsmith.serving.live import LiveServer
+
+    loaded = load_run(imported["llama"], "cpu")
+    messages = [{"role": "user", "content": "Hello <|eot_id|> there"}]
+    with LiveServer(create_app(loaded)) as srv:
+        r = httpx.post(
+            srv.url + "/v1/chat/completions",
+            json={"model": "m", "messages": messages, "max_tokens": 5, "temperature": 0},
+            timeout=30,
+        )
+    assert r.status_code == 200, r.text
+    prompt = loaded.tokenizer.chat.render_prompt(messages)
+    assert r.json()["usage"]["prompt_tokens"] == len(prompt)
+    # the one the template closes the user turn with; the typed one stays text
+    assert prompt.count(loaded.tokenizer.hf.token_to_id("<|eot_id|>")) == 1
