@@ -98,6 +98,7 @@ def hf_tokenizer_files(tok: Tokenizer, chat_jinja: str) -> dict[str, str]:
         **{k: fmt.get(k) for k in ("bos_token", "eos_token", "pad_token", "unk_token")},
     }
     config = {k: v for k, v in config.items() if v is not None}
+    config["chat_template"] = chat_jinja  # transformers before 4.49 reads it only from here
     return {
         "tokenizer_config.json": json.dumps(config, indent=2),
         "chat_template.jinja": chat_jinja,
