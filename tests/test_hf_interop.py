@@ -585,3 +585,23 @@ def test_imported_model_serves_chat_completions_with_its_template(imported):
     assert r.json()["usage"]["prompt_tokens"] == len(prompt)
     # the one the template closes the user turn with; the typed one stays text
     assert prompt.count(loaded.tokenizer.hf.token_to_id("<|eot_id|>")) == 1
+
+
+@pytest.mark.parametrize("family", ["qwen2", "mistral"])
+def test_bits_per_byte_of_an_imported_model_match_transformers_loss(
+    family, hf_folders, imported, tmp_path
+):
+    from chatsmith.evaluation.perplexity import evaluate_text
+
+    text = tmp_path / "val.txt"
+    text.write_text(SENTENCES[1])
+    run = load_run(imported[family], "cpu")
+    score = evaluate_text(run, str(text))
+    ids = [*run.tokenizer.doc_start, *run.tokenizer.encode(SENTENCES[1])]
+    with torch.no_grad():
+        theirs = hf_model(hf_folders[family])
+        loss = theirs(torch.tensor([ids]), labels=torch.tensor([ids])).loss.item()
+    assert score.tokens == len(ids) - 1
+    assert score.loss == pytest.approx(loss, abs=1e-4)
+    decoded = sum(run.tokenizer.bytes_per_token[i] for i in ids[1:])
+    assert score.bytes == decoded

@@ -203,7 +203,7 @@ class GroupRelativePolicy:
         finally:
             model.train(was_training)
         self.samples_drawn += 1
-        stop = self.tok.end_id
+        stop = self.tok.chat.stop_ids[0]
         seqs, rewards, errors = [], [], 0
         for p, p_ids, group in zip(prompts, ids, groups, strict=True):
             row = []
