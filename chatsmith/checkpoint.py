@@ -88,14 +88,29 @@ class Checkpoint:
 def save_checkpoint(
     run_dir: Path, step: int, model: torch.nn.Module, cfg: ModelConfig, state: dict, keep_last: int
 ) -> Path:
+    # save_model keeps one copy of tied weights (embedding = LM head); load_model re-ties them
+    return _commit_checkpoint(
+        run_dir, step, cfg, state, keep_last, lambda path: save_model(model, path)
+    )
+
+
+def save_weights_checkpoint(
+    run_dir: Path, step: int, weights: dict[str, torch.Tensor], cfg: ModelConfig
+) -> Path:
+    """A checkpoint of plain named weights and no training state (an imported model)."""
+    return _commit_checkpoint(run_dir, step, cfg, {}, 1, lambda path: save_file(weights, path))
+
+
+def _commit_checkpoint(
+    run_dir: Path, step: int, cfg: ModelConfig, state: dict, keep_last: int, write_model
+) -> Path:
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:08d}"
     final, tmp = root / name, root / f".tmp_{name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    # save_model keeps one copy of tied weights (embedding = LM head); load_model re-ties them
-    save_model(model, str(tmp / "model.safetensors"))
+    write_model(str(tmp / "model.safetensors"))
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _split_tree(state, "s", tensors)
     save_file(tensors, str(tmp / "state.safetensors"))

@@ -218,7 +218,7 @@ def generate(
     loaded = _load(run, device)
     engine = loaded.engine()
     tok = loaded.tokenizer
-    ids = [tok.bos_id, *tok.encode(prompt)]
+    ids = [*tok.doc_start, *tok.encode(prompt)]
     keep = loaded.cfg.max_seq_len - min(max_tokens, loaded.cfg.max_seq_len // 2)
     if engine.seq2seq:  # an encoder-decoder answers its source: the prompt is not continued
         if not prompt.strip():
@@ -570,7 +570,7 @@ def chat(
     stage = loaded.info.get("stage")
     if engine.seq2seq:
         say(f"note: {run} is an encoder-decoder; it replies to your last message only")
-    elif stage != "sft" and stage is not None and stage not in ("rl",):
+    elif stage != "sft" and stage is not None and stage not in ("rl", "import"):
         say(
             f"note: {run} is a {stage} run, not fine-tuned for chat; replies may wander "
             f"(fine-tune it first: chatsmith sft {run})"
@@ -688,6 +688,38 @@ def serve(
         uvicorn.run(application, host=host, port=port, log_level="warning")
     except OSError as e:
         raise ChatsmithError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
+@app.command("import")
+def import_model(
+    source: str = typer.Argument(..., help="A Hugging Face model folder, or hf:NAME."),
+    out: Path = typer.Option(..., "--out", help="Run folder to write (must not exist)."),
+    max_seq_len: Optional[int] = typer.Option(
+        None, "--max-seq-len", help="Context to allocate (default: the model's, at most 4096)."
+    ),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (as stored), bf16 or fp32."),
+) -> None:
+    """Import an open model (Llama, Mistral, Qwen2, Qwen3 layouts) as a chatsmith run."""
+    from chatsmith.interop.hf_import import import_hf
+
+    result = import_hf(source, out, max_seq_len=max_seq_len, dtype=dtype)
+    say(
+        f"imported {result.family} model ({result.n_params / 1e6:.2f}M parameters, context "
+        f"{result.cfg.max_seq_len}, tokenizer {result.tokenizer_vocab} tokens) into {result.out}"
+    )
+
+
+@app.command("export")
+def export_model(
+    run: Path = RunArg,
+    out: Path = typer.Argument(..., help="Folder to write (must not exist or be empty)."),
+    to: str = typer.Option("hf", "--to", help="Format: hf (Hugging Face transformers)."),
+) -> None:
+    """Export a decoder run as a Hugging Face model folder (transformers, vLLM, converters)."""
+    from chatsmith.interop.hf_export import export_run
+
+    path, family = export_run(run, out, to)
+    say(f"exported {run} as a {family} model to {path}")
 
 
 def main() -> None:

@@ -101,6 +101,11 @@ class Tokenizer:
         return i
 
     @property
+    def special_texts(self) -> list[str]:
+        """The text of every special token: what a reply must not spell out."""
+        return [self.hf.id_to_token(i) for i in sorted(self.special_ids)]
+
+    @property
     def doc_start(self) -> list[int]:
         """Ids that begin a plain-text document (the begin token, where the model has one)."""
         return [] if self.bos_id is None else [self.bos_id]
@@ -203,8 +208,7 @@ class Tokenizer:
         return cls(hf)
 
     def summary(self) -> dict:
-        specials = [self.hf.id_to_token(i) for i in sorted(self.special_ids)]
-        return {"vocab_size": self.vocab_size, "special_tokens": specials}
+        return {"vocab_size": self.vocab_size, "special_tokens": self.special_texts}
 
 
 _BYTE_DECODER = _byte_decoder()

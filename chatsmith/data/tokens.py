@@ -15,14 +15,15 @@ ENCODE_CHUNK = 512  # documents per encode_batch call: the Rust side tokenizes t
 def tokenize_documents(
     tok: Tokenizer, docs: Iterable[str], max_tokens: int | None = None
 ) -> torch.Tensor:
-    """Concatenate documents, each led by the BOS token, into one int32 tensor."""
+    """Concatenate documents, each led by the BOS token (where the tokenizer has one), into one
+    int32 tensor."""
     parts: list[torch.Tensor] = []
     total, chunk = 0, []
 
     def flush() -> None:
         nonlocal total
         for ids in tok.encode_batch(chunk):
-            parts.append(torch.tensor([tok.bos_id, *ids], dtype=torch.int32))
+            parts.append(torch.tensor([*tok.doc_start, *ids], dtype=torch.int32))
             total += len(ids) + 1
         chunk.clear()
 

@@ -46,9 +46,7 @@ class TaskScore:
 
 
 def make_engine(model: nn.Module, tok: Tokenizer, max_batch: int) -> Engine:
-    return Engine(
-        model, stop_ids=[tok.end_id, tok.bos_id], max_batch=max_batch, start_id=tok.bos_id
-    )
+    return Engine(model, stop_ids=tok.chat.stop_ids, max_batch=max_batch, start_id=tok.bos_id)
 
 
 def prompt_ids(

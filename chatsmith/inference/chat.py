@@ -15,7 +15,7 @@ from chatsmith.chat_template import render_prompt
 from chatsmith.errors import ChatsmithError
 from chatsmith.inference.engine import Engine, SamplingParams
 from chatsmith.inference.streaming import StopFilter, TextStream
-from chatsmith.tokenizer import SPECIAL_TOKENS, Tokenizer
+from chatsmith.tokenizer import Tokenizer
 
 MIN_REPLY_ROOM = 16
 
@@ -43,8 +43,8 @@ class ChatSession:
     last_finish: str | None = None
 
     def __post_init__(self) -> None:
-        if self.tokenizer.end_id not in self.engine.stop_ids:
-            raise ChatsmithError("the engine must stop at the <|end|> marker to chat")
+        if self.tokenizer.chat.stop_ids[0] not in self.engine.stop_ids:
+            raise ChatsmithError("the engine must stop at the chat template's end marker to chat")
         if self.system is not None:
             self.set_system(self.system)
 
@@ -136,7 +136,7 @@ class ChatSession:
         self.history.append({"role": "user", "content": user_text})
         # markers are special tokens, so the tokenizer never yields one as text by accident,
         # but a model can spell one out of byte tokens: such text ends the reply too
-        stream, guard = TextStream(self.tokenizer), StopFilter(SPECIAL_TOKENS)
+        stream, guard = TextStream(self.tokenizer), StopFilter(self.tokenizer.special_texts)
         parts: list[str] = []
         self.last_finish = None
         try:

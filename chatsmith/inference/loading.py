@@ -40,13 +40,12 @@ class LoadedRun:
                 f"{self.path} is an encoder run: it embeds text (chatsmith embed {self.path}) "
                 "and cannot chat or generate"
             )
-        tok = self.tokenizer
         return Engine(
             self.model,
-            stop_ids=[tok.end_id, tok.bos_id],
+            stop_ids=self.tokenizer.chat.stop_ids,
             max_batch=max_batch,
             cuda_graph=True,
-            start_id=tok.bos_id,
+            start_id=self.tokenizer.bos_id,
         )
 
 

@@ -120,7 +120,7 @@ def export_family(cfg: ModelConfig) -> str:
     """The HF layout that holds `cfg`: plain Llama unless q/k/v biases or q/k norms need more."""
     if cfg.arch != "decoder":
         raise ChatsmithError(
-            f"cannot export a {cfg.arch} run to Hugging Face: only decoder runs have an HF layout"
+            f"cannot export an {cfg.arch} run to Hugging Face: only decoder runs have an HF layout"
         )
     if cfg.qkv_bias and cfg.qk_norm:
         raise ChatsmithError("cannot export: no HF layout has both q/k/v biases and q/k norms")

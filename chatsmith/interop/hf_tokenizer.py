@@ -67,6 +67,11 @@ def load_hf_tokenizer(folder: Path, model_vocab: int) -> Tokenizer:
     generation = read_json(gen_path) if gen_path.is_file() else {}
     eos = _token_text(config.get("eos_token"))
     stops = _ids(generation.get("eos_token_id")) or _ids(hf.token_to_id(eos) if eos else None)
+    if not stops:
+        raise ChatsmithError(
+            "no stop token: generation_config.json has no eos_token_id and "
+            "tokenizer_config.json no eos_token, so a reply could never end"
+        )
     fmt = {
         "chat_template": template,
         "bos_token": _token_text(config.get("bos_token")),
@@ -98,6 +103,7 @@ def hf_tokenizer_files(tok: Tokenizer, chat_jinja: str) -> dict[str, str]:
         **{k: fmt.get(k) for k in ("bos_token", "eos_token", "pad_token", "unk_token")},
     }
     config = {k: v for k, v in config.items() if v is not None}
+    config["chat_template"] = chat_jinja  # transformers before 4.49 reads it only from here
     return {
         "tokenizer_config.json": json.dumps(config, indent=2),
         "chat_template.jinja": chat_jinja,

@@ -72,11 +72,13 @@ def _never_prepend(hf: HFTokenizer) -> HFTokenizer:
     """A copy that does not add SentencePiece's leading "▁": transformers adds it only to the
     text at the very start, not to text that follows a marker."""
     spec = json.loads(hf.to_str())
+    changed = []
 
     def walk(node):
         if isinstance(node, dict):
             if node.get("type") == "Metaspace" and node.get("prepend_scheme") == "first":
                 node["prepend_scheme"] = "never"
+                changed.append(node)
             for v in node.values():
                 walk(v)
         elif isinstance(node, list):
@@ -84,6 +86,8 @@ def _never_prepend(hf: HFTokenizer) -> HFTokenizer:
                 walk(v)
 
     walk(spec.get("pre_tokenizer"))
+    if not changed:
+        return hf  # byte-level tokenizers encode text after a marker as at the start
     copy = HFTokenizer.from_str(json.dumps(spec))
     copy.encode_special_tokens = True
     return copy
@@ -112,7 +116,9 @@ class JinjaTemplate:
         self.marker_ids = {s: tok.hf.token_to_id(s) for s in specials}
         self.escaped = [ESC, *specials]
         self._escape_re = re.compile("|".join(re.escape(s) for s in self.escaped))
-        self._split_re = re.compile("(" + "|".join(re.escape(s) for s in specials) + ")")
+        # with no special tokens at all, split at a text that rendering has already removed
+        markers = specials or [GEN_OPEN]
+        self._split_re = re.compile("(" + "|".join(re.escape(s) for s in markers) + ")")
         self._after_marker = _never_prepend(tok.hf)
 
     # -- escaping ---------------------------------------------------------------------------

@@ -77,7 +77,7 @@ class Server:
             # every special token ends a reply: a marker can never show up as reply text
             self.engine = Engine(
                 loaded.model,
-                stop_ids=sorted(self.tok.special_ids),
+                stop_ids=sorted(self.tok.special_ids | set(self.tok.chat.stop_ids)),
                 max_batch=limits.max_batch,
                 cuda_graph=True,
                 start_id=self.tok.bos_id,

@@ -30,7 +30,6 @@ run stopped and resumed takes the same steps as one that never stopped.
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -51,7 +50,7 @@ from chatsmith.errors import ChatsmithError
 from chatsmith.evaluation.tasks import evaluate_task, make_engine, prompt_ids, sample_groups
 from chatsmith.models import IGNORE_INDEX, build_model, format_card, model_card
 from chatsmith.runtime import seed_everything
-from chatsmith.tokenizer import TOKENIZER_FILE, Tokenizer
+from chatsmith.tokenizer import Tokenizer
 from chatsmith.training.loop import RunFlags, TrainResult, TrainSettings, train
 from chatsmith.training.metrics import plot_curves
 
@@ -204,7 +203,7 @@ class GroupRelativePolicy:
         finally:
             model.train(was_training)
         self.samples_drawn += 1
-        stop = self.tok.end_id
+        stop = self.tok.chat.stop_ids[0]
         seqs, rewards, errors = [], [], 0
         for p, p_ids, group in zip(prompts, ids, groups, strict=True):
             row = []
@@ -342,7 +341,7 @@ def rl(
         model = build_model(cfg)
         load_model_weights(model, ckpt)
         out.mkdir(parents=True, exist_ok=True)
-        shutil.copy(base / TOKENIZER_FILE, out / TOKENIZER_FILE)
+        tok.save_beside(out)  # with an imported run's chat format
         args = {**args, "start_checkpoint": str(ckpt.path)}
     reference = None
     if args["kl"] > 0:

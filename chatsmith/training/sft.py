@@ -11,7 +11,6 @@ Examples are padded per batch to the longest one in it.
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import torch
@@ -28,7 +27,7 @@ from chatsmith.data.conversations import train_val_conversations
 from chatsmith.errors import ChatsmithError
 from chatsmith.models import IGNORE_INDEX, build_model, format_card, model_card
 from chatsmith.runtime import seed_everything
-from chatsmith.tokenizer import TOKENIZER_FILE, Tokenizer
+from chatsmith.tokenizer import Tokenizer
 from chatsmith.training.loop import RunFlags, TrainResult, TrainSettings, train
 
 QUICK_EVAL_EXAMPLES = 128
@@ -69,8 +68,10 @@ def conversation_examples(tok: Tokenizer, messages: list[dict], seq_len: int) ->
     ids, mask = render(tok, messages)
     if len(ids) <= seq_len + 1:
         return [_example(ids, mask)] if any(mask) else []
-    role_ids = {tok.system_id, tok.user_id, tok.assistant_id}
-    starts = [i for i, t in enumerate(ids) if t in role_ids]
+    starts = tok.chat.message_starts(ids)
+    if starts is None:  # turn boundaries unknown (an imported template): keep the beginning
+        ids, mask = ids[: seq_len + 1], mask[: seq_len + 1]
+        return [_example(ids, mask)] if any(mask[1:]) else []
     spans = list(zip(starts, starts[1:] + [len(ids)], strict=True))  # (start, end) per message
     head = [(0, 1)]  # <|bos|>
     if messages[0]["role"] == "system":
@@ -278,7 +279,7 @@ def sft(
     if not flags.resume:
         load_model_weights(model, ckpt)  # the loop loads the SFT checkpoint itself on resume
         out.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(base_run / TOKENIZER_FILE, out / TOKENIZER_FILE)
+        tok.save_beside(out)  # with an imported run's chat format
     objective = SFT(train_examples, val_examples, tok, args["batch_size"], flags.seed, flags.device)
     settings = TrainSettings(
         batch_size=args["batch_size"],
