@@ -91,8 +91,11 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=3.5)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--only", nargs="*", default=list(FAMILIES), choices=list(FAMILIES))
+    # one thread: on a shared, oversubscribed machine two threads wait on each other and a
+    # step can take many times longer; give 2 on an idle 2-core machine
+    ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     out = a.out or Path(tempfile.mkdtemp())
     with open("/proc/loadavg") as f:
         load_before = f.read().split()[:3]
@@ -100,7 +103,7 @@ def main() -> None:
     with open("/proc/loadavg") as f:
         load_after = f.read().split()[:3]
     summary = {
-        "command": f"python benchmarks/families.py --minutes {a.minutes}",
+        "command": f"python benchmarks/families.py --minutes {a.minutes} --threads {a.threads}",
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{cpu_model()}, {torch.get_num_threads()} threads",
         "load_average_before_after": [load_before, load_after],

@@ -699,7 +699,7 @@ def import_model(
     ),
     dtype: str = typer.Option("auto", "--dtype", help="auto (as stored), bf16 or fp32."),
 ) -> None:
-    """Import an open model (Llama, Mistral, Qwen2, Qwen3 layouts) as a chatsmith run."""
+    """Import an open model (Llama, Mistral, Qwen2, Qwen3 layouts; BERT encoders) as a run."""
     from chatsmith.interop.hf_import import import_hf
 
     result = import_hf(source, out, max_seq_len=max_seq_len, dtype=dtype)

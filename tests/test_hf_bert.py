@@ -118,3 +118,30 @@ def reference_embeddings(folder: Path, texts: list[str]) -> torch.Tensor:
     with torch.no_grad():
         hidden = model(**batch).last_hidden_state
     return mean_pool(hidden, batch["attention_mask"])
+
+
+def test_imported_bert_folder_embeds_like_transformers(bert_folder, tmp_path):
+    from chatsmith.inference.embeddings import embed_texts
+    from chatsmith.inference.loading import load_run
+    from chatsmith.interop.hf_import import import_hf
+
+    result = import_hf(str(bert_folder), tmp_path / "run", dtype="fp32")
+    assert result.family == "bert" and result.cfg.arch == "encoder"
+    ours, tokens = embed_texts(load_run(result.out, "cpu"), TEXTS, batch_size=2)
+    want = reference_embeddings(bert_folder, TEXTS)
+    assert (ours - want).abs().max() < 1e-5
+    assert (ours * want).sum(-1).min() >= 0.99999
+    tok = transformers.AutoTokenizer.from_pretrained(bert_folder)
+    assert tokens == sum(len(tok(t)["input_ids"]) for t in TEXTS)  # [CLS] ... [SEP] each
+
+
+def test_embed_cli_on_an_imported_bert(bert_folder, tmp_path):
+    from conftest import run_cli
+
+    run = tmp_path / "bert-run"
+    r = run_cli("import", str(bert_folder), "--out", str(run))
+    assert r.returncode == 0, r.stderr
+    r = run_cli("embed", str(run), "--text", TEXTS[1], "--json", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    got = torch.tensor(json.loads(r.stdout)["data"][0]["embedding"])
+    assert torch.allclose(got, reference_embeddings(bert_folder, TEXTS[1:2])[0], atol=1e-5)
