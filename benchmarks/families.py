@@ -55,7 +55,9 @@ def cpu_model() -> str:
 
 
 def run_family(name: str, over: dict, minutes: float, out: Path) -> dict:
-    args = {**PRETRAIN_DEFAULTS, **over, "eval_every": 10**9, "save_every": 10**9}
+    # quick held-out checks every 10 steps (256 pairs; outside the timed budget) give loss by
+    # step, to compare the families at equal steps as well as at equal time
+    args = {**PRETRAIN_DEFAULTS, **over, "eval_every": 10, "save_every": 10**9}
     flags = RunFlags(out=out / name, max_minutes=minutes, device=torch.device("cpu"), seed=1337)
     t0 = time.time()
     result = pretrain(args, flags, {"max_minutes": minutes}, quiet=True, say=lambda *_: None)
@@ -63,9 +65,9 @@ def run_family(name: str, over: dict, minutes: float, out: Path) -> dict:
     cfg = ModelConfig.from_dict(read_run_info(out / name)["model"])
     model = build_model(cfg)
     embed = cfg.vocab_size * cfg.d_model
-    speeds = [
-        r["tokens_per_s"] for r in read_metrics(out / name / "metrics.jsonl") if "tokens_per_s" in r
-    ]
+    records = read_metrics(out / name / "metrics.jsonl")
+    curve = [(r["step"], round(r["val_loss"], 4)) for r in records if "val_loss" in r]
+    speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
     final = result.final_eval
     return {
         "family": name,
@@ -83,6 +85,7 @@ def run_family(name: str, over: dict, minutes: float, out: Path) -> dict:
         "val_loss": round(final["val_loss"], 4),
         "val_accuracy": round(final["val_accuracy"], 4) if "val_accuracy" in final else None,
         "val_tokens": final.get("val_tokens"),
+        "quick_val_loss_by_step": curve[:-1],  # the last entry is the final evaluation
     }
 
 
