@@ -31,9 +31,10 @@ import torch
 
 from chatsmith.checkpoint import read_run_info
 from chatsmith.models import ModelConfig, build_model
-from chatsmith.training.loop import RunFlags
+from chatsmith.reporting import Reporter
+from chatsmith.training.config import PretrainConfig, RunConfig
 from chatsmith.training.metrics import read_metrics
-from chatsmith.training.pretrain import PRETRAIN_DEFAULTS, pretrain
+from chatsmith.training.pretrain import pretrain
 
 FAMILIES = {
     "decoder-only": dict(arch="decoder", task="chitchat-reply", n_layer=6, batch_size=32),
@@ -57,10 +58,10 @@ def cpu_model() -> str:
 def run_family(name: str, over: dict, minutes: float, out: Path) -> dict:
     # quick held-out checks every 10 steps (256 pairs; outside the timed budget) give loss by
     # step, to compare the families at equal steps as well as at equal time
-    args = {**PRETRAIN_DEFAULTS, **over, "eval_every": 10, "save_every": 10**9}
-    flags = RunFlags(out=out / name, max_minutes=minutes, device=torch.device("cpu"), seed=1337)
+    config = PretrainConfig(**over, eval_every=10, save_every=10**9)
+    run = RunConfig(out=out / name, max_minutes=minutes, device=torch.device("cpu"), seed=1337)
     t0 = time.time()
-    result = pretrain(args, flags, {"max_minutes": minutes}, quiet=True, say=lambda *_: None)
+    result = pretrain(config, run, Reporter(quiet=True))
     wall = time.time() - t0
     cfg = ModelConfig.from_dict(read_run_info(out / name)["model"])
     model = build_model(cfg)

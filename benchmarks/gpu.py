@@ -71,9 +71,10 @@ def random_run(preset: str, vocab_size: int, seq_len: int, device):
 
 def main() -> None:
     from chatsmith.inference.loading import load_run
+    from chatsmith.reporting import Reporter
     from chatsmith.runtime import resolve_device
-    from chatsmith.training.loop import RunFlags
-    from chatsmith.training.pretrain import PRETRAIN_DEFAULTS, pretrain
+    from chatsmith.training.config import PretrainConfig, RunConfig
+    from chatsmith.training.pretrain import pretrain
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, default=2.0)
@@ -121,8 +122,7 @@ def main() -> None:
             )
         )
         return
-    args = dict(
-        PRETRAIN_DEFAULTS,
+    args = PretrainConfig(
         preset=a.preset,
         seq_len=a.seq_len,
         batch_size=a.batch_size,
@@ -132,9 +132,9 @@ def main() -> None:
         lr=6e-4,
         warmup_steps=50,
     )
-    flags = RunFlags(out=a.out, max_minutes=a.minutes, device=device, seed=1337)
+    run = RunConfig(out=a.out, max_minutes=a.minutes, device=device)
     t0 = time.time()
-    result = pretrain(args, flags, {"max_minutes": a.minutes}, quiet=True)
+    result = pretrain(args, run, Reporter(quiet=True))
     wall = time.time() - t0
     records = [json.loads(x) for x in (a.out / "metrics.jsonl").read_text().splitlines()]
     speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]

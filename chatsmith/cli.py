@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from chatsmith.cli_stages import stage_command
+from chatsmith.data.chitchat import BUILTIN_NAME
 from chatsmith.errors import ChatsmithError
+from chatsmith.reporting import Reporter
+from chatsmith.training.config import (
+    DEFAULT_SEED,
+    PretrainConfig,
+    RLConfig,
+    SFTConfig,
+    new_run_dir,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -20,168 +29,22 @@ app = typer.Typer(
 )
 
 RunArg = typer.Argument(..., help="A run folder written by a training command.")
-OutOpt = typer.Option(None, "--out", help="Run folder to write (default: a new one under runs/).")
-ResumeOpt = typer.Option(None, "--resume", help="Continue the interrupted run in this folder.")
-MinutesOpt = typer.Option(None, "--max-minutes", help="Training-time budget in minutes.")
-StepsOpt = typer.Option(None, "--max-steps", help="Budget in optimizer steps.")
 DeviceOpt = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
-SeedOpt = typer.Option(None, "--seed", help="Random seed (default 1337).")
 JsonOpt = typer.Option(False, "--json", help="Print the figures as one JSON object.")
 
 
 def say(msg: str) -> None:
-    """Progress notes go to stderr so that stdout stays clean for figures and generated text."""
+    """Notes go to stderr so that stdout stays clean for figures and generated text."""
     print(msg, file=sys.stderr, flush=True)
 
 
-def run_flags(
-    stage: str,
-    out: Optional[Path],
-    resume: Optional[Path],
-    max_minutes: Optional[float],
-    max_steps: Optional[int],
-    device: str,
-    seed: Optional[int],
-    defaults: dict,
-):
-    """Resolve the flags every training stage shares; on --resume the run's own settings win
-    unless a flag is given again."""
-    from chatsmith.checkpoint import read_run_info
-    from chatsmith.runtime import resolve_device
-    from chatsmith.training.loop import RunFlags
-
-    saved: dict = {}
-    if resume is not None:
-        if out is not None and Path(out) != Path(resume):
-            raise ChatsmithError("--out and --resume name different folders; give one")
-        saved = read_run_info(resume).get("flags", {})
-        out = resume
-    elif out is None:
-        out = Path("runs") / f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
-    elif (Path(out) / "latest").exists():
-        raise ChatsmithError(f"{out} already holds a run; use --resume {out} or another --out")
-    budget = {"max_minutes": max_minutes, "max_steps": max_steps}
-    if max_minutes is None and max_steps is None:
-        budget = {k: saved.get(k, defaults.get(k)) for k in budget}
-    seed = seed if seed is not None else saved.get("seed", 1337)
-    flags = RunFlags(
-        out=Path(out), resume=resume is not None, device=resolve_device(device), seed=seed, **budget
-    )
-    return flags, {"seed": seed, **budget}
-
-
-def merge_args(flags, given: dict, defaults: dict) -> dict:
-    """Stage settings: defaults, then (on resume) the run's saved settings, then given flags."""
-    from chatsmith.checkpoint import read_run_info
-
-    base = dict(defaults)
-    if flags.resume:
-        base.update(read_run_info(flags.out).get("args", {}))
-    base.update({k: v for k, v in given.items() if v is not None})
-    return base
-
-
-def start_point(start: Optional[Path], resume: Optional[Path], usage: str) -> Optional[str]:
-    """The run a derived stage (sft, rl) starts from; a resumed run keeps the one it was
-    created from, so the argument is then ignored."""
-    if start is None and resume is None:
-        raise ChatsmithError(usage)
-    return None if resume is not None else str(start)
-
-
-def report(result, as_json: bool, extra: Optional[dict] = None) -> None:
-    figures = {**result.to_dict(), **(extra or {})}
-    if as_json:
-        print(json.dumps(figures))
-        return
-    print(f"run folder: {result.run_dir}")
-    print(
-        f"steps: {result.step}  training time: {result.train_seconds:.1f}s  "
-        f"tokens: {result.tokens:,}"
-    )
-    for k, v in result.final_eval.items():
-        print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
-
-
-@app.command()
-def pretrain(
-    arch: Optional[str] = typer.Option(
-        None,
-        help="decoder (default; GPT), encoder (BERT-style masked-LM, for embeddings) or "
-        "encoder_decoder (the original Transformer; needs --task).",
-    ),
-    task: Optional[str] = typer.Option(
-        None,
-        help="Learn a sequence-to-sequence task instead of text: chitchat-reply, arithmetic "
-        'or a .jsonl of {"source", "target"} lines.',
-    ),
-    data: Optional[str] = typer.Option(
-        None,
-        help="Text file, folder, .jsonl (text field), .parquet or hf:NAME[:split]. "
-        "Default: the built-in chitchat corpus.",
-    ),
-    val_data: Optional[str] = typer.Option(
-        None, help="Held-out data (default: the built-in split, or the last 5% of --data)."
-    ),
-    vocab_size: Optional[int] = typer.Option(None, help="BPE vocabulary size (default 2048)."),
-    preset: Optional[str] = typer.Option(
-        None, help="Size: tiny, narrow (default), mini, small, base, gpt2-small, gpt2-medium."
-    ),
-    depth: Optional[int] = typer.Option(
-        None, help="One dial for size: layers = depth, width = 64 x depth, 64-wide heads."
-    ),
-    seq_len: Optional[int] = typer.Option(None, help="Context length in tokens (default 256)."),
-    n_kv_head: Optional[int] = typer.Option(None, help="Key/value heads (fewer = grouped-query)."),
-    batch_size: Optional[int] = typer.Option(None, help="Sequences per micro-batch."),
-    grad_accum: Optional[int] = typer.Option(None, help="Micro-batches per optimizer step."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
-    optimizer: Optional[str] = typer.Option(
-        None, help="muon (default; AdamW for embeddings and norms) or adamw."
-    ),
-    eval_every: Optional[int] = typer.Option(None, help="Steps between held-out evaluations."),
-    save_every: Optional[int] = typer.Option(None, help="Steps between checkpoints."),
-    compile: Optional[bool] = typer.Option(
-        None, "--compile/--no-compile", help="torch.compile (default: on CUDA only)."
-    ),
-    out: Optional[Path] = OutOpt,
-    resume: Optional[Path] = ResumeOpt,
-    max_minutes: Optional[float] = MinutesOpt,
-    max_steps: Optional[int] = StepsOpt,
-    device: str = DeviceOpt,
-    seed: Optional[int] = SeedOpt,
-    as_json: bool = JsonOpt,
-) -> None:
+@stage_command(app, PretrainConfig)
+def pretrain(config, run, reporter):
     """Train a BPE tokenizer and a model from scratch: a GPT on raw text by default."""
-    from chatsmith.training.pretrain import PRETRAIN_DEFAULTS
     from chatsmith.training.pretrain import pretrain as run_pretrain
 
-    flags, flag_info = run_flags(
-        "pretrain", out, resume, max_minutes, max_steps, device, seed, {"max_minutes": 5.0}
-    )
-    given = dict(
-        arch=arch,
-        task=task,
-        data=data,
-        val_data=val_data,
-        vocab_size=vocab_size,
-        preset=preset,
-        depth=depth,
-        seq_len=seq_len,
-        n_kv_head=n_kv_head,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        lr=lr,
-        optimizer=optimizer,
-        eval_every=eval_every,
-        save_every=save_every,
-        compile=compile,
-    )
-    args = merge_args(flags, given, PRETRAIN_DEFAULTS)
-    say(f"run folder: {flags.out}  device: {flags.device}")
-    result = run_pretrain(args, flags, flag_info, say=say)
-    report(result, as_json)
-    if not as_json:
-        print(next_step(args["arch"], result.run_dir))
+    result = run_pretrain(config, run, reporter)
+    return result, None, next_step(config.arch, result.run_dir)
 
 
 def next_step(arch: str, run: Path) -> str:
@@ -283,7 +146,7 @@ def embed(
 def evaluate(
     run: Path = RunArg,
     data: str = typer.Option(
-        "builtin:chitchat", help="Text to score (default: built-in held-out split)."
+        BUILTIN_NAME, help="Text to score (default: the built-in corpus's held-out split)."
     ),
     batch_size: int = typer.Option(8, help="Windows scored at once."),
     max_tokens: Optional[int] = typer.Option(None, help="Score at most this many tokens."),
@@ -310,7 +173,7 @@ def evaluate(
         return
     if task is not None:
         from chatsmith.data.tasks import get_task
-        from chatsmith.evaluation.tasks import evaluate_task
+        from chatsmith.inference.tasks import evaluate_task
 
         the_task = get_task(task)
         if samples < 1:
@@ -369,132 +232,36 @@ def _evaluate_family(loaded, data, batch_size, max_tokens, task, max_new_tokens,
         print(f"  {'right' if ok else 'wrong'}: {source!r} -> {reply!r}")
 
 
-@app.command()
-def rl(
-    run: Optional[Path] = typer.Argument(
-        None, help="Run folder to start from (its latest checkpoint); not needed with --resume."
-    ),
-    task: Optional[str] = typer.Option(
-        None, help="arithmetic (default), arithmetic:LEVEL (1-3), a .jsonl or a .py task file."
-    ),
-    group_size: Optional[int] = typer.Option(None, help="Replies sampled per prompt (default 8)."),
-    prompts_per_step: Optional[int] = typer.Option(None, help="Prompts per step (default 8)."),
-    kl: Optional[float] = typer.Option(
-        None, help="Weight of the KL penalty to the starting model (default 0: off)."
-    ),
-    lr: Optional[float] = typer.Option(None, help="Learning rate, constant (default 1e-4)."),
-    max_new_tokens: Optional[int] = typer.Option(None, help="Longest reply sampled (default 32)."),
-    temperature: Optional[float] = typer.Option(None, help="Sampling temperature (default 1.0)."),
-    std_normalize: Optional[bool] = typer.Option(
-        None,
-        "--std-normalize/--no-std-normalize",
-        help="Divide advantages by the group's reward std (default off).",
-    ),
-    eval_every: Optional[int] = typer.Option(None, help="Steps between held-out pass@1 checks."),
-    save_every: Optional[int] = typer.Option(None, help="Steps between checkpoints."),
-    out: Optional[Path] = OutOpt,
-    resume: Optional[Path] = ResumeOpt,
-    max_minutes: Optional[float] = MinutesOpt,
-    max_steps: Optional[int] = StepsOpt,
-    device: str = DeviceOpt,
-    seed: Optional[int] = SeedOpt,
-    as_json: bool = JsonOpt,
-) -> None:
+@stage_command(
+    app,
+    RLConfig,
+    start=("run", "Run folder to start from (its latest checkpoint); not needed with --resume."),
+    usage="give the run to start from: chatsmith rl RUN --task arithmetic",
+)
+def rl(config, run, reporter):
     """Improve a chat model by reinforcement learning on a task whose answers can be checked."""
-    from chatsmith.training.rl import REWARD_CURVE, RL_DEFAULTS
+    from chatsmith.training.rl import REWARD_CURVE
     from chatsmith.training.rl import rl as run_rl
 
-    start = start_point(
-        run, resume, "give the run to start from: chatsmith rl RUN --task arithmetic"
-    )
-    flags, flag_info = run_flags(
-        "rl", out, resume, max_minutes, max_steps, device, seed, {"max_minutes": 10.0}
-    )
-    given = dict(
-        run=start,
-        task=task,
-        group_size=group_size,
-        prompts_per_step=prompts_per_step,
-        kl=kl,
-        lr=lr,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        std_normalize=std_normalize,
-        eval_every=eval_every,
-        save_every=save_every,
-    )
-    args = merge_args(flags, given, RL_DEFAULTS)
-    say(f"run folder: {flags.out}  device: {flags.device}")
-    result = run_rl(args, flags, flag_info, say=say)
+    result = run_rl(config, run, reporter)
     curve = Path(result.run_dir) / REWARD_CURVE
-    report(result, as_json, {"reward_curve": str(curve)} if curve.exists() else None)
-    if not as_json:
-        print(f"reward curve: {curve}")
-        print(f"next: chatsmith eval {result.run_dir} --task {args['task']} --samples 4")
+    extra = {"reward_curve": str(curve)} if curve.exists() else None
+    lines = f"reward curve: {curve}\nnext: chatsmith eval {result.run_dir} --task {config.task}"
+    return result, extra, lines + " --samples 4"
 
 
-@app.command()
-def sft(
-    base_run: Optional[Path] = typer.Argument(
-        None, help="Pretrained run to fine-tune (its latest checkpoint); not with --resume."
-    ),
-    data: Optional[str] = typer.Option(
-        None,
-        help='Chat data: .jsonl of {"messages": [...]} lines, a folder of them, or '
-        "hf:NAME[:split]. Default: the built-in chitchat conversations.",
-    ),
-    val_data: Optional[str] = typer.Option(
-        None, help="Held-out chat data (default: the built-in split, or the last 5% of --data)."
-    ),
-    task: Optional[str] = typer.Option(
-        None, help="Fine-tune on a task's worked examples instead of --data (e.g. arithmetic)."
-    ),
-    max_conversations: Optional[int] = typer.Option(
-        None, help="Use at most this many training conversations."
-    ),
-    batch_size: Optional[int] = typer.Option(None, help="Examples per micro-batch (default 16)."),
-    grad_accum: Optional[int] = typer.Option(None, help="Micro-batches per optimizer step."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default 1e-3)."),
-    optimizer: Optional[str] = typer.Option(None, help="adamw (default) or muon."),
-    eval_every: Optional[int] = typer.Option(None, help="Steps between held-out evaluations."),
-    save_every: Optional[int] = typer.Option(None, help="Steps between checkpoints."),
-    out: Optional[Path] = OutOpt,
-    resume: Optional[Path] = ResumeOpt,
-    max_minutes: Optional[float] = MinutesOpt,
-    max_steps: Optional[int] = StepsOpt,
-    device: str = DeviceOpt,
-    seed: Optional[int] = SeedOpt,
-    as_json: bool = JsonOpt,
-) -> None:
+@stage_command(
+    app,
+    SFTConfig,
+    start=("base_run", "Pretrained run to fine-tune (its latest checkpoint); not with --resume."),
+    usage="give the pretrained run to fine-tune: chatsmith sft BASE_RUN",
+)
+def sft(config, run, reporter):
     """Fine-tune a pretrained model on conversations so that it answers as a chat assistant."""
-    from chatsmith.training.sft import SFT_DEFAULTS
     from chatsmith.training.sft import sft as run_sft
 
-    start = start_point(
-        base_run, resume, "give the pretrained run to fine-tune: chatsmith sft BASE_RUN"
-    )
-    flags, flag_info = run_flags(
-        "sft", out, resume, max_minutes, max_steps, device, seed, {"max_minutes": 3.0}
-    )
-    given = dict(
-        base_run=start,
-        data=data,
-        val_data=val_data,
-        task=task,
-        max_conversations=max_conversations,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        lr=lr,
-        optimizer=optimizer,
-        eval_every=eval_every,
-        save_every=save_every,
-    )
-    args = merge_args(flags, given, SFT_DEFAULTS)
-    say(f"run folder: {flags.out}  device: {flags.device}")
-    result = run_sft(args, flags, flag_info, say=say)
-    report(result, as_json)
-    if not as_json:
-        print(f"next: chatsmith chat {result.run_dir}")
+    result = run_sft(config, run, reporter)
+    return result, None, f"next: chatsmith chat {result.run_dir}"
 
 
 CHAT_HELP = (
@@ -614,17 +381,15 @@ def quickstart(
         None, "--max-minutes", help="Whole-pipeline time budget (default: 13 on CPU, 8 on GPU)."
     ),
     device: str = DeviceOpt,
-    seed: Optional[int] = SeedOpt,
+    seed: int = typer.Option(DEFAULT_SEED, "--seed", help=f"Random seed (default {DEFAULT_SEED})."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Tokenizer, pretraining, SFT and a sample chat on the built-in data, in one command."""
+    from chatsmith.quickstart import plan_for_machine, run_quickstart
     from chatsmith.runtime import resolve_device
-    from chatsmith.training.quickstart import plan_for_machine, run_quickstart
 
-    if out is None:
-        out = Path("runs") / f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}"
     plan = plan_for_machine(resolve_device(device), max_minutes)
-    summary = run_quickstart(out, plan, seed if seed is not None else 1337, say=say)
+    summary = run_quickstart(out or new_run_dir("quickstart"), plan, seed, Reporter())
     if as_json:
         print(json.dumps(summary))
         return

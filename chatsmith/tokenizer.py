@@ -118,6 +118,13 @@ class Tokenizer:
         return template_for(self)
 
     @property
+    def stop_ids(self) -> tuple[int, ...]:
+        """Tokens that end a chat reply: the run's chat format's (for chatsmith's own
+        tokenizer `<|end|>`, or `<|bos|>`: a model that skips the end marker and starts a new
+        document has finished its reply too)."""
+        return tuple(self.chat.stop_ids)
+
+    @property
     def vocab_size(self) -> int:
         return self.hf.get_vocab_size()
 

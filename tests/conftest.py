@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from chatsmith.data import chitchat
+from chatsmith.reporting import Reporter
+from chatsmith.training.config import PretrainConfig, RunConfig
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -35,11 +37,9 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
     return {"train": train, "val": val, "root": root}
 
 
-def tiny_args(corpus: dict[str, Path], **over) -> dict:
-    from chatsmith.training.pretrain import PRETRAIN_DEFAULTS
-
-    args = dict(PRETRAIN_DEFAULTS)
-    args.update(
+def tiny_args(corpus: dict[str, Path], **over) -> PretrainConfig:
+    """Pretraining settings for a tiny model on the tiny corpus (seconds on a CPU)."""
+    settings = dict(
         data=str(corpus["train"]),
         val_data=str(corpus["val"]),
         vocab_size=512,
@@ -51,16 +51,24 @@ def tiny_args(corpus: dict[str, Path], **over) -> dict:
         warmup_steps=5,
         lr=3e-3,
     )
-    args.update(over)
-    return args
+    return PretrainConfig(**{**settings, **over})
 
 
-def tiny_flags(out: Path, max_steps: int, resume: bool = False, seed: int = 7):
-    from chatsmith.training.loop import RunFlags
-
-    return RunFlags(
+def tiny_flags(out: Path, max_steps: int, resume: bool = False, seed: int = 7) -> RunConfig:
+    return RunConfig(
         out=out, resume=resume, max_steps=max_steps, device=torch.device("cpu"), seed=seed
     )
+
+
+class Notes(Reporter):
+    """A silent reporter that keeps the messages, for tests to read."""
+
+    def __init__(self):
+        super().__init__(quiet=True)
+        self.lines: list[str] = []
+
+    def say(self, msg: str) -> None:
+        self.lines.append(msg)
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +77,7 @@ def tiny_run(corpus, tmp_path_factory) -> Path:
     from chatsmith.training.pretrain import pretrain
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    pretrain(tiny_args(corpus), tiny_flags(out, 40), quiet=True, say=lambda *_: None)
+    pretrain(tiny_args(corpus), tiny_flags(out, 40), Reporter(quiet=True))
     return out
 
 
@@ -79,8 +87,7 @@ def encoder_run(corpus, tmp_path_factory) -> Path:
     from chatsmith.training.pretrain import pretrain
 
     out = tmp_path_factory.mktemp("runs") / "encoder"
-    args = tiny_args(corpus, arch="encoder")
-    pretrain(args, tiny_flags(out, 40), quiet=True, say=lambda *_: None)
+    pretrain(tiny_args(corpus, arch="encoder"), tiny_flags(out, 40), Reporter(quiet=True))
     return out
 
 

@@ -10,9 +10,12 @@ from conftest import tiny_flags
 
 from chatsmith.data.tokens import TokenWindows
 from chatsmith.models import ModelConfig, build_model
-from chatsmith.training.loop import TrainSettings, train
+from chatsmith.reporting import Reporter
+from chatsmith.training.config import TrainConfig
+from chatsmith.training.loop import train
+from chatsmith.training.masked_lm import MaskedLM
 from chatsmith.training.metrics import read_metrics
-from chatsmith.training.objectives import MaskedLM, Seq2Seq
+from chatsmith.training.seq2seq import Seq2Seq
 
 VOCAB = 40
 
@@ -83,7 +86,7 @@ def test_masked_lm_trains_in_the_shared_loop(tmp_path):
         device=torch.device("cpu"),
         seed=0,
     )
-    settings = TrainSettings(batch_size=16, lr=1e-2, warmup_steps=5, eval_every=50, log_every=5)
+    settings = TrainConfig(batch_size=16, lr=1e-2, warmup_steps=5, eval_every=50, log_every=5)
     train(
         build_model(model_cfg),
         model_cfg,
@@ -91,7 +94,7 @@ def test_masked_lm_trains_in_the_shared_loop(tmp_path):
         settings,
         tiny_flags(tmp_path, 150),
         {"stage": "masked-lm"},
-        quiet=True,
+        Reporter(quiet=True),
     )
     vals = losses(tmp_path)
     uniform = math.log(VOCAB - 2)
@@ -113,7 +116,7 @@ def test_seq2seq_learns_to_reverse(tmp_path):
     objective = Seq2Seq(
         pairs[:260], pairs[260:], bos_id=1, pad_id=0, batch_size=16, device=torch.device("cpu")
     )
-    settings = TrainSettings(batch_size=16, lr=3e-3, warmup_steps=5, eval_every=30, log_every=5)
+    settings = TrainConfig(batch_size=16, lr=3e-3, warmup_steps=5, eval_every=30, log_every=5)
     train(
         build_model(model_cfg),
         model_cfg,
@@ -121,7 +124,7 @@ def test_seq2seq_learns_to_reverse(tmp_path):
         settings,
         tiny_flags(tmp_path, 120),
         {"stage": "seq2seq"},
-        quiet=True,
+        Reporter(quiet=True),
     )
     vals = losses(tmp_path)
     uniform = math.log(VOCAB - 3)
@@ -173,7 +176,7 @@ def test_engine_greedy_encoder_decoder_equals_uncached_greedy():
 
 def test_encoder_decoder_static_all_rows_step_matches_rows_step():
     """The all-rows decode step (the one CUDA graphs replay) gives the per-row step's logits."""
-    from chatsmith.inference.static_decode import StaticDecoder
+    from chatsmith.inference.static_decode import StaticDecodeStep
 
     torch.manual_seed(0)
     model = build_model(cfg("encoder_decoder")).eval()
@@ -183,7 +186,7 @@ def test_encoder_decoder_static_all_rows_step_matches_rows_step():
         rows_a, rows_b = torch.tensor([1]), torch.tensor([2])
         model.encode_into(a, rows_a, src)
         model.encode_into(b, rows_b, src)
-        static = StaticDecoder(model, b, use_graph=False)
+        static = StaticDecodeStep(model, b, use_graph=False)
         for token in (1, 7, 9, 4):
             want = model(torch.tensor([[token]]), cache=a, rows=rows_a, last_only=True)[0][0, -1]
             got = static([2], [token])[0]

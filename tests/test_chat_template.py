@@ -85,29 +85,36 @@ def test_every_marker_at_once_round_trips(tok):
 
 
 def test_loss_mask_token_by_token(tok):
-    conv = CONVERSATION
-    ids, mask = render(tok, conv)
-    expected_ids, expected_mask = [tok.bos_id], [0]
-    role_ids = {"system": tok.system_id, "user": tok.user_id, "assistant": tok.assistant_id}
-    for m in conv:
-        body = tok.encode(m["content"])
-        learn = int(m["role"] == "assistant")
-        expected_ids += [role_ids[m["role"]], *body, tok.end_id]
-        # the role marker is given; the content and its closing <|end|> are learned by the assistant
-        expected_mask += [0] + [learn] * len(body) + [learn]
-    assert ids == expected_ids
-    assert mask == expected_mask
-    # shifted into SFT targets: exactly the assistant bodies and their <|end|>, nothing else
+    hi, yo = tok.encode("Hi"), tok.encode("Yo")
+    pair = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]
+    ids, mask = render(tok, pair)
+    assert ids == [tok.bos_id, tok.user_id, *hi, tok.end_id, tok.assistant_id, *yo, tok.end_id]
+    # the role marker is given; the reply and its closing <|end|> are learned, nothing else
+    assert mask == [0] * (len(hi) + 4) + [1] * (len(yo) + 1)
+
+    ids, mask = render(tok, CONVERSATION)
+    learned = [t for t, m in zip(ids, mask, strict=True) if m]
+    assert learned.count(tok.end_id) == 2 and learned[-1] == tok.end_id
+    assert [tok.decode(part) for part in _split(learned, tok.end_id)] == [
+        "Fine, thanks. And you?",
+        "Nice!",
+    ]
+    # shifted into SFT targets: the learned tokens, each in the position that predicts it
     x, y = _example(ids, mask)
     assert x == ids[:-1] and len(y) == len(x)
-    for i, target in enumerate(y):
-        assert target == (ids[i + 1] if mask[i + 1] else IGNORE_INDEX), i
-    learned = [t for t in y if t != IGNORE_INDEX]
-    replies = [m["content"] for m in conv if m["role"] == "assistant"]
-    expected = []
-    for r in replies:
-        expected += [*tok.encode(r), tok.end_id]
-    assert learned == expected
+    assert [t for t in y if t != IGNORE_INDEX] == learned
+    assert all(t == IGNORE_INDEX or t == ids[i + 1] for i, t in enumerate(y))
+
+
+def _split(ids: list[int], sep: int) -> list[list[int]]:
+    parts, cur = [], []
+    for t in ids:
+        if t == sep:
+            parts.append(cur)
+            cur = []
+        else:
+            cur.append(t)
+    return parts
 
 
 @pytest.mark.parametrize(

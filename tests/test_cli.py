@@ -9,6 +9,8 @@ import pytest
 from conftest import run_cli
 
 from chatsmith.checkpoint import latest_checkpoint_dir
+from chatsmith.inference.engine import SamplingParams
+from chatsmith.inference.loading import load_run
 
 TINY = [
     "--preset",
@@ -68,7 +70,13 @@ def test_pretrain_json_then_generate_and_eval(corpus, tmp_path):
         "cpu",
     )
     assert gen.returncode == 0, gen.stderr
-    assert gen.stdout.startswith("Hello there")
+    # stdout is the prompt, then exactly the seeded continuation the engine samples
+    loaded = load_run(out, "cpu")
+    tok = loaded.tokenizer
+    params = SamplingParams(max_tokens=12, temperature=0.8, top_k=50, top_p=0.95, seed=3)
+    reply = loaded.engine().generate([tok.bos_id, *tok.encode("Hello there")], params)
+    continuation = tok.decode(list(reply))
+    assert continuation and gen.stdout == "Hello there" + continuation + "\n"
     again = run_cli(
         "generate",
         str(out),

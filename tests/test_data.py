@@ -14,6 +14,7 @@ from conftest import tiny_args, tiny_flags
 from chatsmith.data.sources import iter_documents
 from chatsmith.data.tokens import TokenWindows
 from chatsmith.errors import ChatsmithError
+from chatsmith.reporting import Reporter
 from chatsmith.training.metrics import OverfitWatch, read_metrics
 from chatsmith.training.pretrain import pretrain
 
@@ -77,8 +78,7 @@ def test_muon_optimizer_trains(corpus, tmp_path):
     pretrain(
         tiny_args(corpus, optimizer="muon", eval_every=15),
         tiny_flags(out, 30),
-        quiet=True,
-        say=lambda *_: None,
+        Reporter(quiet=True),
     )
     evals = [r["val_loss"] for r in read_metrics(out / "metrics.jsonl") if "val_loss" in r]
     assert evals[-1] < evals[0]
@@ -90,9 +90,6 @@ def test_folder_of_text_trains(corpus, tmp_path):
     os.link(corpus["train"], folder / "part1.txt")
     out = tmp_path / "run"
     result = pretrain(
-        tiny_args(corpus, data=str(folder), val_data=None),
-        tiny_flags(out, 2),
-        quiet=True,
-        say=lambda *_: None,
+        tiny_args(corpus, data=str(folder), val_data=None), tiny_flags(out, 2), Reporter(quiet=True)
     )
     assert result.step == 2 and result.final_eval["val_tokens"] > 0

@@ -7,7 +7,7 @@ import torch
 
 from chatsmith.errors import ChatsmithError
 from chatsmith.inference.engine import ContextOverflow, Engine, EngineFull, SamplingParams
-from chatsmith.inference.static_decode import StaticDecoder
+from chatsmith.inference.static_decode import StaticDecodeStep
 from chatsmith.models import KVCache, ModelConfig, build_model
 
 
@@ -52,6 +52,10 @@ def test_stop_token_ends_the_reply_and_is_not_shown(model):
     while not seq.finished:
         engine.step()
     assert seq.tokens == first[: first.index(stop)] and seq.finish_reason == "stop"
+    assert seq.stop_token == stop  # recorded: RL trains on the stop token it sampled
+    unused = next(t for t in range(64) if t not in first)
+    other = Engine(model, stop_ids=[unused]).generate_many([prompt], SamplingParams(8, 0.0))
+    assert other[0].finish_reason == "length" and other[0].stop_token is None
 
 
 def test_limits(model):
@@ -74,7 +78,7 @@ def test_static_decode_step_matches_per_row_decoding(model):
     cfg = model.cfg
     ref_cache = KVCache.for_model(cfg, 3, "cpu", torch.float32)
     cache = KVCache.for_model(cfg, 3, "cpu", torch.float32)
-    static = StaticDecoder(model, cache, use_graph=False)
+    static = StaticDecodeStep(model, cache, use_graph=False)
     with torch.no_grad():
         for slot, p in zip([0, 2], prompts(2)):  # slot 1 stays idle
             for c in (ref_cache, cache):
@@ -89,3 +93,18 @@ def test_static_decode_step_matches_per_row_decoding(model):
             got = static([0, 2], [token, token + 1])
             assert torch.allclose(got, ref[:, -1], atol=1e-5)
             assert cache.lengths.tolist() == [ref_cache.lengths[0], 0, ref_cache.lengths[2]]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_greedy_decoding_equals_eager():
+    """The recorded-and-replayed decode step changes nothing but speed."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=64, n_layer=2, n_head=2, n_kv_head=1, d_model=32, max_seq_len=48)
+    model = build_model(cfg).cuda().eval()
+    params = SamplingParams(max_tokens=20, temperature=0)
+    graph = Engine(model, stop_ids=[], max_batch=3, cuda_graph=True)
+    eager = Engine(model, stop_ids=[], max_batch=3, cuda_graph=False)
+    assert graph.static is not None and eager.static is None
+    replayed = [g.tokens for g in graph.generate_many(prompts(5), params)]  # 5 through 3 slots
+    assert replayed == [g.tokens for g in eager.generate_many(prompts(5), params)]
+    assert all(len(t) == 20 for t in replayed)

@@ -156,14 +156,14 @@ def test_encoder_run_resumes_where_it_stopped(corpus, tmp_path):
     from conftest import tiny_args, tiny_flags
 
     from chatsmith.checkpoint import read_run_info
+    from chatsmith.reporting import Reporter
     from chatsmith.training.metrics import read_metrics
     from chatsmith.training.pretrain import pretrain
 
-    args = tiny_args(corpus, arch="encoder", eval_every=5, save_every=5)
-    quiet = dict(quiet=True, say=lambda *_: None)
-    first = pretrain(args, tiny_flags(tmp_path, 5), **quiet)
+    config = tiny_args(corpus, arch="encoder", eval_every=5, save_every=5)
+    first = pretrain(config, tiny_flags(tmp_path, 5), Reporter(quiet=True))
     assert first.step == 5
-    resumed = pretrain(args, tiny_flags(tmp_path, 8, resume=True), **quiet)
+    resumed = pretrain(config, tiny_flags(tmp_path, 8, resume=True), Reporter(quiet=True))
     assert resumed.step == 8 and resumed.tokens == first.tokens * 8 // 5
     assert read_run_info(tmp_path)["model"]["arch"] == "encoder"
     steps = [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl") if "val_accuracy" in r]

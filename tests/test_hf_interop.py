@@ -523,9 +523,10 @@ def test_cli_import_then_generate_and_chat(hf_folders, tmp_path):
 
 
 def test_imported_model_fine_tunes_with_its_own_template_then_rl(imported, tmp_path):
-    from chatsmith.training.loop import RunFlags
-    from chatsmith.training.rl import RL_DEFAULTS, rl
-    from chatsmith.training.sft import SFT_DEFAULTS, build_examples, sft
+    from chatsmith.reporting import Reporter
+    from chatsmith.training.config import RLConfig, RunConfig, SFTConfig
+    from chatsmith.training.rl import rl
+    from chatsmith.training.sft import build_examples, sft
 
     chats = [
         [
@@ -541,12 +542,19 @@ def test_imported_model_fine_tunes_with_its_own_template_then_rl(imported, tmp_p
     for _, y in build_examples(tok, chats[:2], 256):  # learned: the reply and its <|im_end|>
         learned = tok.hf.decode([t for t in y if t >= 0], skip_special_tokens=False)
         assert learned in {c[1]["content"] + "<|im_end|>" for c in chats}
-    quiet = dict(quiet=True, say=lambda *_: None)
     cpu = torch.device("cpu")
-    args = dict(SFT_DEFAULTS, base_run=str(base), data=str(data), val_data=str(data))
-    args.update(batch_size=4, eval_every=1000, save_every=10)
+    config = SFTConfig(
+        base_run=str(base),
+        data=str(data),
+        val_data=str(data),
+        batch_size=4,
+        eval_every=1000,
+        save_every=10,
+    )
     sft(
-        args, RunFlags(out=tmp_path / "sft", resume=False, max_steps=2, device=cpu, seed=1), **quiet
+        config,
+        RunConfig(out=tmp_path / "sft", max_steps=2, device=cpu, seed=1),
+        Reporter(quiet=True),
     )
     assert (tmp_path / "sft" / "chat_format.json").is_file()
     task = tmp_path / "task.py"
@@ -557,10 +565,16 @@ def test_imported_model_fine_tunes_with_its_own_template_then_rl(imported, tmp_p
         "    def reward(self, prompt, reply):\n"
         "        return float(len(reply) < 10)\n"
     )
-    args = dict(RL_DEFAULTS, run=str(tmp_path / "sft"), task=str(task))
-    args.update(group_size=2, prompts_per_step=2, max_new_tokens=4, eval_prompts=2)
-    flags = RunFlags(out=tmp_path / "rl", resume=False, max_steps=1, device=cpu, seed=1)
-    assert rl(args, flags, **quiet).step == 1
+    config = RLConfig(
+        run=str(tmp_path / "sft"),
+        task=str(task),
+        group_size=2,
+        prompts_per_step=2,
+        max_new_tokens=4,
+        eval_prompts=2,
+    )
+    run = RunConfig(out=tmp_path / "rl", max_steps=1, device=cpu, seed=1)
+    assert rl(config, run, Reporter(quiet=True)).step == 1
     after = load_run(tmp_path / "rl", "cpu")
     assert after.tokenizer.chat.stop_ids == tok.chat.stop_ids
     assert after.tokenizer.chat.render_prompt(MESSAGES) == tok.chat.render_prompt(MESSAGES)

@@ -11,13 +11,10 @@ from safetensors.torch import load_file
 from chatsmith.checkpoint import latest_checkpoint_dir, load_checkpoint
 from chatsmith.errors import ChatsmithError
 from chatsmith.inference.loading import load_run
+from chatsmith.reporting import Reporter
 from chatsmith.training import pretrain as pretrain_mod
 from chatsmith.training.metrics import read_metrics
 from chatsmith.training.pretrain import pretrain
-
-
-def quiet(*_):
-    pass
 
 
 def test_tiny_run_learns_and_writes_a_run_folder(tiny_run):
@@ -34,7 +31,7 @@ def test_tiny_run_learns_and_writes_a_run_folder(tiny_run):
 
 def test_resume_is_exact(corpus, tmp_path, monkeypatch):
     args = tiny_args(corpus, save_every=10, eval_every=1000)
-    pretrain(args, tiny_flags(tmp_path / "straight", 20), quiet=True, say=quiet)
+    pretrain(args, tiny_flags(tmp_path / "straight", 20), Reporter(quiet=True))
 
     # interrupt a second, identical run right after its step-10 checkpoint
     calls = {"n": 0}
@@ -48,10 +45,10 @@ def test_resume_is_exact(corpus, tmp_path, monkeypatch):
 
     monkeypatch.setattr(pretrain_mod.LanguageModeling, "next_batch", crashing_next)
     with pytest.raises(KeyboardInterrupt):
-        pretrain(args, tiny_flags(tmp_path / "split", 20), quiet=True, say=quiet)
+        pretrain(args, tiny_flags(tmp_path / "split", 20), Reporter(quiet=True))
     monkeypatch.setattr(pretrain_mod.LanguageModeling, "next_batch", real_next)
     assert load_checkpoint(tmp_path / "split").step == 10
-    pretrain(args, tiny_flags(tmp_path / "split", 20, resume=True), quiet=True, say=quiet)
+    pretrain(args, tiny_flags(tmp_path / "split", 20, resume=True), Reporter(quiet=True))
 
     a = load_file(str(latest_checkpoint_dir(tmp_path / "straight") / "model.safetensors"))
     b = load_file(str(latest_checkpoint_dir(tmp_path / "split") / "model.safetensors"))

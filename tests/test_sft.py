@@ -17,8 +17,10 @@ from chatsmith.data.conversations import load_conversations, train_val_conversat
 from chatsmith.errors import ChatsmithError
 from chatsmith.inference.loading import load_run
 from chatsmith.models import IGNORE_INDEX
+from chatsmith.reporting import Reporter
 from chatsmith.tokenizer import Tokenizer
-from chatsmith.training.sft import SFT, SFT_DEFAULTS, build_examples, conversation_examples, sft
+from chatsmith.training.config import SFTConfig
+from chatsmith.training.sft import SFT, build_examples, conversation_examples, sft
 
 
 def write_jsonl(path: Path, conversations: list) -> Path:
@@ -42,9 +44,8 @@ def tok(tiny_run) -> Tokenizer:
     return Tokenizer.load(tiny_run)
 
 
-def sft_args(base: Path, data: dict, **over) -> dict:
-    args = dict(SFT_DEFAULTS)
-    args.update(
+def sft_args(base: Path, data: dict, **over) -> SFTConfig:
+    args = dict(
         base_run=str(base),
         data=str(data["train"]),
         val_data=str(data["val"]),
@@ -55,7 +56,7 @@ def sft_args(base: Path, data: dict, **over) -> dict:
         save_every=10,
     )
     args.update(over)
-    return args
+    return SFTConfig(**args)
 
 
 GOOD = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
@@ -193,7 +194,7 @@ def test_padding_is_never_learned(tok):
 def test_sft_lowers_held_out_chat_loss_and_chats(tiny_run, chat_data, tmp_path):
     out = tmp_path / "chat"
     args = sft_args(tiny_run, chat_data, lr=3e-3)
-    result = sft(args, tiny_flags(out, 60), quiet=True, say=lambda *_: None)
+    result = sft(args, tiny_flags(out, 60), Reporter(quiet=True))
     # the base model's held-out chat loss, measured the same way
     base = load_run(tiny_run, "cpu")
     tok = base.tokenizer
@@ -225,7 +226,7 @@ def test_sft_lowers_held_out_chat_loss_and_chats(tiny_run, chat_data, tmp_path):
 @pytest.mark.slow
 def test_sft_resume_is_exact(tiny_run, chat_data, tmp_path, monkeypatch):
     args = sft_args(tiny_run, chat_data, max_conversations=80)
-    straight = sft(args, tiny_flags(tmp_path / "a", 20), quiet=True, say=lambda *_: None)
+    straight = sft(args, tiny_flags(tmp_path / "a", 20), Reporter(quiet=True))
     # interrupt a second, identical run right after its step-10 checkpoint, then resume it
     calls = {"n": 0}
     real_next = SFT.next_batch
@@ -238,12 +239,10 @@ def test_sft_resume_is_exact(tiny_run, chat_data, tmp_path, monkeypatch):
 
     monkeypatch.setattr(SFT, "next_batch", crashing_next)
     with pytest.raises(KeyboardInterrupt):
-        sft(args, tiny_flags(tmp_path / "b", 20), quiet=True, say=lambda *_: None)
+        sft(args, tiny_flags(tmp_path / "b", 20), Reporter(quiet=True))
     monkeypatch.setattr(SFT, "next_batch", real_next)
     assert load_checkpoint(tmp_path / "b", with_state=False).step == 10
-    resumed = sft(
-        args, tiny_flags(tmp_path / "b", 20, resume=True), quiet=True, say=lambda *_: None
-    )
+    resumed = sft(args, tiny_flags(tmp_path / "b", 20, resume=True), Reporter(quiet=True))
     assert resumed.step == straight.step == 20
     wa = load_checkpoint(tmp_path / "a", with_state=False).model_weights()
     wb = load_checkpoint(tmp_path / "b", with_state=False).model_weights()
@@ -257,8 +256,7 @@ def test_base_run_missing_or_without_chat_markers(tiny_run, chat_data, tmp_path)
         sft(
             sft_args(tmp_path / "nope", chat_data),
             tiny_flags(tmp_path / "x", 2),
-            quiet=True,
-            say=lambda *_: None,
+            Reporter(quiet=True),
         )
     # a run whose tokenizer has no chat markers (e.g. an imported plain BPE tokenizer)
     from tokenizers import Tokenizer as HFTokenizer
@@ -273,12 +271,7 @@ def test_base_run_missing_or_without_chat_markers(tiny_run, chat_data, tmp_path)
     )
     hf.save(str(broken / "tokenizer.json"))
     with pytest.raises(ChatsmithError, match=r"cannot be fine-tuned for chat: .*lacks the special"):
-        sft(
-            sft_args(broken, chat_data),
-            tiny_flags(tmp_path / "y", 2),
-            quiet=True,
-            say=lambda *_: None,
-        )
+        sft(sft_args(broken, chat_data), tiny_flags(tmp_path / "y", 2), Reporter(quiet=True))
 
 
 def test_sft_cli_errors_are_one_line(tiny_run, tmp_path):

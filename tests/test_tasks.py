@@ -15,7 +15,7 @@ from chatsmith.data.tasks import (
     safe_reward,
 )
 from chatsmith.errors import ChatsmithError
-from chatsmith.evaluation.tasks import evaluate_task, pass_at_k
+from chatsmith.inference.tasks import evaluate_task, pass_at_k
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -205,18 +205,20 @@ def test_evaluate_task_batched_through_engine(tiny_run):
     from chatsmith.inference.loading import load_run
 
     loaded = load_run(tiny_run, "cpu")
-    score = evaluate_task(
-        loaded.model,
-        loaded.tokenizer,
-        get_task("arithmetic:1"),
-        samples=3,
-        limit=6,
-        max_new_tokens=8,
-        max_batch=18,
-    )
-    d = score.to_dict()
+    task = get_task("arithmetic:1")
+    kw = dict(samples=3, limit=6, max_new_tokens=8, keep_examples=18)
+    batched = evaluate_task(loaded.model, loaded.tokenizer, task, max_batch=18, **kw)
+    single = evaluate_task(loaded.model, loaded.tokenizer, task, max_batch=1, **kw)
+    # all 18 replies decoded together are the replies decoded one at a time
+    assert batched.examples == single.examples and batched.to_dict() == single.to_dict()
+    assert len({reply for _, reply, _ in batched.examples}) > 1  # sampled, not all alike
+    d = batched.to_dict()
     assert set(d) == {"pass@1", "pass@k", "k", "n"} and d["k"] == 3 and d["n"] == 6
-    assert 0.0 <= d["pass@1"] <= d["pass@k"] <= 1.0
+    # the figures follow from the rewards: pass@1 is the share of right replies, pass@3 the
+    # share of problems with a right reply among its three
+    right = [r >= 1 for _, _, r in batched.examples]
+    assert batched.pass1 == pytest.approx(sum(right) / 18)
+    assert batched.passk == pytest.approx(sum(any(right[i : i + 3]) for i in range(0, 18, 3)) / 6)
     with pytest.raises(ChatsmithError, match="temperature 0"):
         evaluate_task(
             loaded.model, loaded.tokenizer, get_task("arithmetic"), samples=2, temperature=0.0

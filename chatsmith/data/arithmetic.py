@@ -17,7 +17,8 @@ from __future__ import annotations
 import random
 from functools import lru_cache
 
-from chatsmith.data.tasks import Task, TaskPrompt, check_split, final_number, numbers_equal
+from chatsmith.data.splits import check_split
+from chatsmith.data.task_base import Task, TaskPrompt, final_number, numbers_equal
 from chatsmith.errors import ChatsmithError
 
 LEVELS = (1, 2, 3)

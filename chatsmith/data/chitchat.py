@@ -1,7 +1,8 @@
 """The built-in corpus: ~7k real two-person conversations from the `chitchat-dataset` package.
 
-The held-out split is fixed: conversations are ordered by their id and every 20th one (5%)
-is held out, so every stage (pretraining, SFT, evaluation) sees the same split.
+The held-out split is fixed: conversations are ordered by their id and the last of every 20
+(5%) is held out (`data.splits.split_every`), so every stage (pretraining, SFT, evaluation)
+sees the same split. Every stage names this corpus `BUILTIN_NAME` ("builtin:chitchat").
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+from chatsmith.data.splits import BUILTIN_HELD_OUT_EVERY, split_every
 from chatsmith.errors import ChatsmithError
 
-HELD_OUT_EVERY = 20
-SPLITS = ("train", "val")
+BUILTIN_NAME = "builtin:chitchat"
 
 
 @lru_cache(maxsize=1)
@@ -38,10 +39,8 @@ def _conversations() -> tuple[tuple[str, tuple[str, ...]], ...]:
 
 def conversations(split: str) -> list[tuple[str, ...]]:
     """Turns of each conversation in the split, alternating between the two speakers."""
-    if split not in SPLITS:
-        raise ChatsmithError(f"unknown split {split!r}; choose from {SPLITS}")
-    held_out = split == "val"
-    return [t for i, (_, t) in enumerate(_conversations()) if (i % HELD_OUT_EVERY == 0) == held_out]
+    turns = [t for _, t in _conversations()]
+    return split_every(turns, split, BUILTIN_HELD_OUT_EVERY)
 
 
 def documents(split: str) -> list[str]:

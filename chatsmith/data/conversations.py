@@ -19,9 +19,10 @@ from pathlib import Path
 
 from chatsmith.chat_template import validate_messages
 from chatsmith.data import chitchat
+from chatsmith.data.sources import stream_hf
+from chatsmith.data.splits import split_tail
 from chatsmith.errors import ChatsmithError
 
-BUILTIN = "builtin:chitchat"
 CHAT_SUFFIXES = (".jsonl",)
 
 
@@ -72,21 +73,8 @@ def _jsonl_conversations(path: Path) -> Iterator[list[dict]]:
 
 
 def _hf_conversations(spec: str) -> Iterator[list[dict]]:
-    import datasets
-
-    name, _, split = spec[3:].partition(":")
-    if not name:
-        raise ChatsmithError("hf: needs a dataset name, e.g. hf:HuggingFaceH4/no_robots")
-    datasets.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
-    try:
-        stream = datasets.load_dataset(name, split=split or "train", streaming=True)
-        for i, row in enumerate(stream):
-            yield _record_messages(row, f"{spec} record {i + 1}")
-    except ChatsmithError:
-        raise
-    except Exception as e:  # datasets raises many types for missing/unreachable datasets
-        raise ChatsmithError(f"cannot stream {spec}: {str(e).splitlines()[0][:200]}") from None
+    for i, row in enumerate(stream_hf(spec, "HuggingFaceH4/no_robots")):
+        yield _record_messages(row, f"{spec} record {i + 1}")
 
 
 def iter_conversations(spec: str | Path) -> Iterator[list[dict]]:
@@ -113,9 +101,6 @@ def load_conversations(
     return out
 
 
-HELD_OUT_FRACTION = 0.05
-
-
 def train_val_conversations(
     data: str | None, val_data: str | None = None, max_conversations: int | None = None
 ) -> tuple[list[list[dict]], list[list[dict]]]:
@@ -124,7 +109,7 @@ def train_val_conversations(
     The built-in corpus keeps its fixed split; a user's data gives its last 5% (at least one
     conversation) to held-out unless `val_data` names a separate source.
     """
-    if data is None or data == BUILTIN:
+    if data is None or data == chitchat.BUILTIN_NAME:
         train = chitchat.chat_conversations("train")
         val = load_conversations(val_data) if val_data else chitchat.chat_conversations("val")
         if max_conversations is not None:
@@ -138,5 +123,4 @@ def train_val_conversations(
             f"{data} has only {len(train)} conversation; need 2 or more to hold one out "
             "(or give --val-data)"
         )
-    n_val = max(1, round(len(train) * HELD_OUT_FRACTION))
-    return train[:-n_val], train[-n_val:]
+    return split_tail(train)

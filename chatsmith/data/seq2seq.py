@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chatsmith.data import chitchat
-from chatsmith.data.tasks import SPLITS, Task, TaskPrompt, _hold_out, check_split, get_task
+from chatsmith.data.splits import SPLITS, TASK_HELD_OUT_EVERY, check_split, split_every
+from chatsmith.data.tasks import Task, TaskPrompt, get_task
 from chatsmith.errors import ChatsmithError
 from chatsmith.tokenizer import Tokenizer
 
@@ -119,7 +120,7 @@ class JsonlPairs(Seq2SeqTask):
         check_split(split)
         if any(s is not None for s, _ in self.items):
             return [p for s, p in self.items if (s or "train") == split]
-        return _hold_out([p for _, p in self.items], split)
+        return split_every([p for _, p in self.items], split, TASK_HELD_OUT_EVERY)
 
 
 def pair_ids(tok: Tokenizer, pairs: list[Pair], seq_len: int) -> list[tuple[list[int], list[int]]]:

@@ -80,18 +80,21 @@ def _field_of(stream, field: str, where: str) -> Iterator[str]:
             yield value
 
 
-def _hf_documents(spec: str, field: str) -> Iterator[str]:
+def stream_hf(spec: str, example: str) -> Iterator[dict]:
+    """The rows of a Hugging Face dataset named `hf:NAME[:split]`, streamed (no full download);
+    failures to find or reach it are one-line errors. `example` is a name for the message."""
     import datasets
 
     name, _, split = spec[3:].partition(":")
     if not name:
-        raise ChatsmithError("hf: needs a dataset name, e.g. hf:roneneldan/TinyStories")
+        raise ChatsmithError(f"hf: needs a dataset name, e.g. hf:{example}")
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
     try:
-        stream = datasets.load_dataset(name, split=split or "train", streaming=True)
-        yield from _field_of(stream, field, spec)
+        yield from datasets.load_dataset(name, split=split or "train", streaming=True)
     except ChatsmithError:
         raise
-    except Exception as e:
+    except Exception as e:  # datasets raises many types for missing/unreachable datasets
         raise ChatsmithError(f"cannot stream {spec}: {str(e).splitlines()[0][:200]}") from None
 
 
@@ -99,7 +102,7 @@ def iter_documents(spec: str | Path, field: str = "text") -> Iterator[str]:
     """Yield the documents of a data source; raise ChatsmithError for anything unusable."""
     spec_s = str(spec)
     if spec_s.startswith("hf:"):
-        yield from _hf_documents(spec_s, field)
+        yield from _field_of(stream_hf(spec_s, "roneneldan/TinyStories"), field, spec_s)
         return
     count = 0
     for path in _files_of(Path(spec_s)):

@@ -9,7 +9,8 @@ A task is what RL trains on and what `chatsmith eval --task` scores. Three kinds
 - a Python file defining one class with `prompts()` (or `prompts(split)`) and
   `reward(prompt, reply)`; `prompts` yields strings or `{"prompt", "answer"}` dicts.
 
-Without explicit splits, every 10th problem is held out, so the split never changes.
+Without explicit splits, every 10th problem is held out (`data.splits`), so the split never
+changes. The base class and answer matching live in `chatsmith.data.task_base`.
 Rewards are floats; a reply counts as solved (for pass@k) when its reward is at least 1.
 """
 
@@ -20,105 +21,33 @@ import inspect
 import json
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
+from chatsmith.data.arithmetic import ArithmeticTask
+from chatsmith.data.splits import SPLITS, TASK_HELD_OUT_EVERY, check_split, split_every
+from chatsmith.data.task_base import (
+    MATCHES,
+    SOLVED,
+    Task,
+    TaskPrompt,
+    final_number,
+    match_reply,
+    numbers_equal,
+    parse_number,
+)
 from chatsmith.errors import ChatsmithError
 
-SPLITS = ("train", "val")
-HELD_OUT_EVERY = 10
-SOLVED = 1.0
-MATCHES = ("exact", "numeric", "regex")
-
-# A number, possibly negative and with thousands separators. A minus sign right after a digit or
-# letter is an operator ("10-3"), not a sign, hence the look-behind.
-_NUMBER = re.compile(r"(?:(?<![\w.])-)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
-
-
-@dataclass(frozen=True)
-class TaskPrompt:
-    """One problem: the user's message and, when the task knows it, the expected answer."""
-
-    prompt: str
-    answer: str | None = None
-    match: str = "exact"
-    solution: str | None = None  # worked reply for supervised warm-up
-
-    def messages(self) -> list[dict]:
-        return [{"role": "user", "content": self.prompt}]
-
-
-def parse_number(text: str) -> float | None:
-    try:
-        return float(str(text).replace(",", "").strip())
-    except ValueError:
-        return None
-
-
-def final_number(reply: str) -> float | None:
-    """The last number written in `reply` (commas as thousands separators, sign kept), or None."""
-    found = _NUMBER.findall(reply)
-    return parse_number(found[-1]) if found else None
-
-
-def numbers_equal(a: float | None, b: float | None) -> bool:
-    return a is not None and b is not None and math.isclose(a, b, rel_tol=0, abs_tol=1e-9)
-
-
-def _normalise(text: str) -> str:
-    return " ".join(text.strip().rstrip(".").split()).casefold()
-
-
-def match_reply(reply: str, answer: str, match: str) -> bool:
-    """Whether `reply` gives `answer` under the matching rule."""
-    if match == "numeric":
-        return numbers_equal(final_number(reply), parse_number(answer))
-    if match == "regex":
-        return re.search(answer, reply) is not None
-    return _normalise(reply) == _normalise(answer)
-
-
-class Task:
-    """Base class: subclasses give `name`, `prompts(split)` and usually override `reward`."""
-
-    name: str = "task"
-
-    def prompts(self, split: str) -> list[TaskPrompt]:
-        raise NotImplementedError
-
-    def reward(self, prompt: TaskPrompt, reply: str) -> float:
-        """1.0 when the reply gives the expected answer, else 0.0. Must be pure."""
-        if prompt.answer is None:
-            raise ChatsmithError(f"task {self.name}: problem has no answer to check against")
-        return 1.0 if match_reply(reply, prompt.answer, prompt.match) else 0.0
-
-    def sft_conversations(self, split: str) -> list[list[dict]]:
-        """Worked examples as OpenAI message lists, for `chatsmith sft --task`."""
-        out = []
-        for p in self.prompts(split):
-            reply = p.solution if p.solution is not None else p.answer
-            if reply is None or not str(reply).strip():
-                raise ChatsmithError(
-                    f"task {self.name} has no worked examples (its problems lack answers)"
-                )
-            out.append([*p.messages(), {"role": "assistant", "content": str(reply)}])
-        return out
-
-
-def check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ChatsmithError(f"unknown split {split!r}; use {' or '.join(SPLITS)}")
-
-
-def _hold_out(items: list, split: str) -> list:
-    """Every HELD_OUT_EVERY-th item is held out (at least one when there are two or more)."""
-    check_split(split)
-    if len(items) < 2:
-        return list(items) if split == "train" else []
-    every = min(HELD_OUT_EVERY, len(items))
-    held = [x for i, x in enumerate(items) if i % every == every - 1]
-    kept = [x for i, x in enumerate(items) if i % every != every - 1]
-    return held if split == "val" else kept
+__all__ = [
+    "SOLVED",
+    "ArithmeticTask",
+    "Task",
+    "TaskPrompt",
+    "final_number",
+    "get_task",
+    "match_reply",
+    "numbers_equal",
+    "safe_reward",
+]
 
 
 class JsonlTask(Task):
@@ -174,7 +103,7 @@ class JsonlTask(Task):
         if any(s is not None for s, _ in self.items):
             # explicit splits: unmarked problems train
             return [p for s, p in self.items if (s or "train") == split]
-        return _hold_out([p for _, p in self.items], split)
+        return split_every([p for _, p in self.items], split, TASK_HELD_OUT_EVERY)
 
     def sft_conversations(self, split: str) -> list[list[dict]]:
         out = []
@@ -261,7 +190,9 @@ class PythonTask(Task):
             if takes_split:
                 self._cache[split] = self._call_prompts(split)
             else:
-                self._cache[split] = _hold_out(self._call_prompts(None), split)
+                self._cache[split] = split_every(
+                    self._call_prompts(None), split, TASK_HELD_OUT_EVERY
+                )
         return self._cache[split]
 
     def reward(self, prompt: TaskPrompt, reply: str) -> float:
@@ -277,8 +208,6 @@ def get_task(name_or_path: str) -> Task:
     """A built-in task by name (`arithmetic`, `arithmetic:LEVEL`) or a .jsonl / .py task file."""
     name = str(name_or_path).strip()
     if name == "arithmetic" or name.startswith("arithmetic:"):
-        from chatsmith.data.arithmetic import ArithmeticTask
-
         level = name.partition(":")[2] or None
         return ArithmeticTask(level)
     path = Path(name)

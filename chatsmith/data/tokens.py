@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 import torch
 
+from chatsmith.data.batching import EpochOrder
 from chatsmith.errors import ChatsmithError
 from chatsmith.tokenizer import Tokenizer
 
@@ -44,8 +45,7 @@ def tokenize_documents(
 class TokenWindows:
     """Shuffled, non-overlapping windows of `seq_len + 1` tokens, drawn `batch_size` at a time.
 
-    The order is a pure function of (seed, epoch), so the loader's whole state is the number
-    of windows drawn so far: resuming needs just that number.
+    The order is an `EpochOrder`, so the loader's whole state is the number of windows drawn.
     """
 
     def __init__(self, tokens: torch.Tensor, seq_len: int, batch_size: int, seed: int):
@@ -57,14 +57,10 @@ class TokenWindows:
             )
         self.tokens, self.seq_len, self.batch_size, self.seed = tokens, seq_len, batch_size, seed
         self.position = 0
-        self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
+        self.order = EpochOrder(self.n_windows, seed)
 
     def _window(self, index: int) -> torch.Tensor:
-        epoch, i = divmod(index, self.n_windows)
-        if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._epoch, self._order = epoch, torch.randperm(self.n_windows, generator=g)
-        start = int(self._order[i]) * self.seq_len
+        start = self.order[index] * self.seq_len
         return self.tokens[start : start + self.seq_len + 1]
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:

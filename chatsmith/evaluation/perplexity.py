@@ -11,13 +11,11 @@ from chatsmith.inference.loading import LoadedRun
 from chatsmith.inference.scoring import Score, score_tokens
 from chatsmith.runtime import autocast
 
-BUILTIN_VAL = "builtin:chitchat"
-
 
 def evaluate_text(
     run: LoadedRun, data: str, batch_size: int = 8, max_tokens: int | None = None, progress=None
 ) -> Score:
-    docs = chitchat.documents("val") if data == BUILTIN_VAL else iter_documents(data)
+    docs = chitchat.documents("val") if data == chitchat.BUILTIN_NAME else iter_documents(data)
     tokens = tokenize_documents(run.tokenizer, docs, max_tokens)
     bpt = torch.tensor(run.tokenizer.bytes_per_token, dtype=torch.long)
     device = next(run.model.parameters()).device

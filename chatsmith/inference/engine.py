@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from chatsmith.data.batching import pad_right
 from chatsmith.errors import ChatsmithError
-from chatsmith.inference.static_decode import StaticDecoder
+from chatsmith.inference.static_decode import StaticDecodeStep
 
 
 class ContextOverflow(ChatsmithError):
@@ -46,7 +47,9 @@ class SamplingParams:
 
 
 def sample_tokens(
-    logits: torch.Tensor, params: Sequence[SamplingParams], gens: Sequence[torch.Generator | None]
+    logits: torch.Tensor,
+    params: Sequence[SamplingParams],
+    generators: Sequence[torch.Generator | None],
 ) -> list[int]:
     """Batched sampling for (B, V) logits, one row per sequence, each with its own settings.
 
@@ -67,7 +70,7 @@ def sample_tokens(
             picks = _sample_rows(
                 logits[rows],
                 [params[i] for i in rows],
-                [gens[i] for i in rows],
+                [generators[i] for i in rows],
                 sort=rows is filtered,
             )
             for i, t in zip(rows, picks):
@@ -78,7 +81,7 @@ def sample_tokens(
 def _sample_rows(
     logits: torch.Tensor,
     params: list[SamplingParams],
-    gens: list[torch.Generator | None],
+    generators: list[torch.Generator | None],
     sort: bool,
 ) -> list[int]:
     vocab = logits.shape[-1]
@@ -95,10 +98,10 @@ def _sample_rows(
         probs = probs.masked_fill(drop, 0.0)
     cdf = probs.cumsum(-1)
     u = torch.empty(len(params))
-    unseeded = [j for j, g in enumerate(gens) if g is None]
+    unseeded = [j for j, g in enumerate(generators) if g is None]
     if unseeded:
         u[unseeded] = torch.rand(len(unseeded))
-    for j, g in enumerate(gens):
+    for j, g in enumerate(generators):
         if g is not None:
             u[j] = torch.rand(1, generator=g)
     picks = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp_(max=vocab - 1)
@@ -109,7 +112,8 @@ def _sample_rows(
 
 @dataclass(eq=False)
 class Generation:
-    """One sequence being generated. `tokens` holds the generated ids (stop token excluded)."""
+    """One sequence being generated. `tokens` holds the generated ids (stop token excluded);
+    `stop_token` is the stop token that ended it, when one did (RL trains on it too)."""
 
     prompt: list[int]
     params: SamplingParams
@@ -117,6 +121,7 @@ class Generation:
     generator: torch.Generator | None
     tokens: list[int] = field(default_factory=list)
     finish_reason: str | None = None  # "stop" (stop token), "length" (max_tokens or context)
+    stop_token: int | None = None
     _next_logits: torch.Tensor | None = None
 
     @property
@@ -157,7 +162,7 @@ class Engine:
         self.live: list[Generation] = []
         self.static = None
         if cuda_graph and self.device.type == "cuda":
-            self.static = StaticDecoder(self.model, self.cache, use_graph=True)
+            self.static = StaticDecodeStep(self.model, self.cache, use_graph=True)
 
     @property
     def context(self) -> int:
@@ -222,12 +227,7 @@ class Engine:
             return [self.add(pr, p) for pr, p in zip(prompts, params)]
         slots = [self.free.pop() for _ in prompts]
         lengths = torch.tensor([len(pr) for pr in prompts], device=self.device)
-        width = max(len(pr) for pr in prompts)
-        x = torch.tensor(
-            [list(pr) + [0] * (width - len(pr)) for pr in prompts],
-            dtype=torch.long,
-            device=self.device,
-        )
+        x = pad_right(prompts, 0).to(self.device)
         rows = torch.tensor(slots, device=self.device)
         self.cache.reset(rows)
         logits, _ = self.model(x, cache=self.cache, rows=rows)
@@ -245,7 +245,7 @@ class Engine:
     def _accept(self, seq: Generation, token: int) -> bool:
         """Record a sampled token; return True if it is to be shown to the caller."""
         if token in self.stop_ids:
-            seq.finish_reason = "stop"
+            seq.finish_reason, seq.stop_token = "stop", token
             return False
         seq.tokens.append(token)
         # positions the decoder has used: an encoder-decoder's prompt sits in the encoder

@@ -42,7 +42,7 @@ class LoadedRun:
             )
         return Engine(
             self.model,
-            stop_ids=self.tokenizer.chat.stop_ids,
+            self.tokenizer.stop_ids,
             max_batch=max_batch,
             cuda_graph=True,
             start_id=self.tokenizer.bos_id,

@@ -3,13 +3,16 @@ masked-token loss and accuracy (encoders)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from chatsmith.data.batching import pad_right
 from chatsmith.models import IGNORE_INDEX
 
 MASK_FRACTION = 0.15  # BERT's choice (Devlin et al., 2019)
@@ -32,6 +35,39 @@ def bits_per_byte(total_nats: float, total_bytes: int) -> float:
 
 
 @torch.no_grad()
+def score_batches(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    bytes_per_token: torch.Tensor,
+    autocast=None,
+    progress=None,
+) -> Score:
+    """Loss and bits per byte over (inputs, targets) batches; targets equal to IGNORE_INDEX
+    (padding, prompt tokens) are not scored. The model is in eval mode meanwhile."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    bpt = bytes_per_token.to(device)
+    total_nats, total_bytes, total_tokens = 0.0, 0, 0
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        with autocast() if autocast else contextlib.nullcontext():
+            _, nats = model(x, y, reduction="none")
+        valid = y != IGNORE_INDEX
+        total_nats += float(nats[valid].sum())
+        total_bytes += int(bpt[y[valid]].sum())
+        total_tokens += int(valid.sum())
+        if progress is not None:
+            progress(len(x))
+    model.train(was_training)
+    return Score(
+        total_nats / max(total_tokens, 1),
+        bits_per_byte(total_nats, total_bytes),
+        total_tokens,
+        total_bytes,
+    )
+
+
 def score_tokens(
     model: nn.Module,
     tokens: torch.Tensor,
@@ -47,40 +83,20 @@ def score_tokens(
     Special tokens (0 bytes) are predicted too and add to the loss but not to the byte count,
     as the metric is defined for nanoGPT/nanochat-style evaluation.
     """
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     if max_tokens is not None:
         tokens = tokens[: max_tokens + 1]
     n_windows = max(1, math.ceil((len(tokens) - 1) / seq_len))
-    total_nats, total_bytes, total_tokens = 0.0, 0, 0
     starts = list(range(0, n_windows * seq_len, seq_len))
-    bpt = bytes_per_token.to(device)
-    for b in range(0, len(starts), batch_size):
-        chunk = [tokens[s : s + seq_len + 1].long() for s in starts[b : b + batch_size]]
-        width = max(len(c) for c in chunk)
-        x = torch.full((len(chunk), width - 1), 0, dtype=torch.long)
-        y = torch.full((len(chunk), width - 1), -1, dtype=torch.long)
-        for i, c in enumerate(chunk):
-            x[i, : len(c) - 1], y[i, : len(c) - 1] = c[:-1], c[1:]
-        x, y = x.to(device), y.to(device)
-        ctx = autocast() if autocast else torch.autocast("cpu", enabled=False)
-        with ctx:
-            _, nats = model(x, y, reduction="none")
-        valid = y >= 0
-        total_nats += float(nats[valid].sum())
-        total_bytes += int(bpt[y[valid]].sum())
-        total_tokens += int(valid.sum())
-        if progress is not None:
-            progress(len(chunk))
-    if was_training:
-        model.train()
-    return Score(
-        total_nats / max(total_tokens, 1),
-        bits_per_byte(total_nats, total_bytes),
-        total_tokens,
-        total_bytes,
-    )
+
+    def batches():
+        for b in range(0, len(starts), batch_size):
+            chunk = [tokens[s : s + seq_len + 1].tolist() for s in starts[b : b + batch_size]]
+            yield (
+                pad_right([c[:-1] for c in chunk], 0),
+                pad_right([c[1:] for c in chunk], IGNORE_INDEX),
+            )
+
+    return score_batches(model, batches(), bytes_per_token, autocast, progress)
 
 
 def mask_tokens(
@@ -128,20 +144,16 @@ def score_masked(
     total_nats, correct, count = 0.0, 0, 0
     starts = list(range(0, len(tokens), seq_len))
     for b in range(0, len(starts), batch_size):
-        chunk = [tokens[s : s + seq_len].long() for s in starts[b : b + batch_size]]
-        x = torch.zeros(len(chunk), max(len(c) for c in chunk), dtype=torch.long)
-        real = torch.zeros_like(x, dtype=torch.bool)
-        for i, c in enumerate(chunk):
-            x[i, : len(c)], real[i, : len(c)] = c, True
+        chunk = [tokens[s : s + seq_len].tolist() for s in starts[b : b + batch_size]]
+        x = pad_right(chunk, 0)
+        real = torch.arange(x.size(1))[None, :] < torch.tensor([len(c) for c in chunk])[:, None]
         inputs, targets = mask_tokens(x, mask_id, gen, real)
-        ctx = autocast() if autocast else torch.autocast("cpu", enabled=False)
-        with ctx:
+        with autocast() if autocast else contextlib.nullcontext():
             logits, _ = model(inputs.to(device), padding_mask=real.to(device))
         hidden = targets.to(device) != IGNORE_INDEX
         picked, wanted = logits[hidden].float(), targets.to(device)[hidden]
         total_nats += float(F.cross_entropy(picked, wanted, reduction="sum"))
         correct += int((picked.argmax(-1) == wanted).sum())
         count += int(hidden.sum())
-    if was_training:
-        model.train()
+    model.train(was_training)
     return MaskedScore(total_nats / max(count, 1), correct / max(count, 1), count)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from chatsmith.data.batching import pad_right
 from chatsmith.models import IGNORE_INDEX
 
 Pairs = list[tuple[list[int], list[int]]]
@@ -15,16 +16,12 @@ HELD_OUT_PAIRS = 2_000  # held-out pairs scored at the end of training and by `e
 
 def pad_batch(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, mask) right-padded to the longest sequence; mask (B, S) is True at real tokens."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = True
-    return ids, mask
+    ids = pad_right(seqs, pad)
+    lengths = torch.tensor([len(s) for s in seqs])
+    return ids, torch.arange(ids.size(1))[None, :] < lengths[:, None]
 
 
-def seq2seq_batch(pairs: list[tuple[list[int], list[int]]], bos: int, pad: int) -> dict:
+def seq2seq_batch(pairs: Pairs, bos: int, pad: int) -> dict:
     """Encoder-decoder teacher forcing: source; decoder input BOS + target; predict target.
     Each pair's target already ends with its stop token."""
     src, src_mask = pad_batch([p[0] for p in pairs], pad)
@@ -38,7 +35,7 @@ def seq2seq_batch(pairs: list[tuple[list[int], list[int]]], bos: int, pad: int) 
     }
 
 
-def prefix_batch(pairs: list[tuple[list[int], list[int]]], bos: int, sep: int, pad: int) -> dict:
+def prefix_batch(pairs: Pairs, bos: int, sep: int, pad: int) -> dict:
     """The same pairs for a decoder-only model: BOS source SEP target in one sequence, loss on
     the target alone, so it predicts exactly the tokens an encoder-decoder does."""
     seqs = [[bos, *s, sep, *t] for s, t in pairs]

@@ -15,7 +15,9 @@ from torch import nn
 from chatsmith.models import KVCache
 
 
-class StaticDecoder:
+class StaticDecodeStep:
+    """The engine's decode step with fixed shapes, optionally replayed as a CUDA graph."""
+
     def __init__(self, model: nn.Module, cache: KVCache, use_graph: bool):
         self.model, self.cache = model, cache
         batch, device = cache.lengths.numel(), cache.lengths.device

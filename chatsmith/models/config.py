@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 
 from chatsmith.errors import ChatsmithError
 
@@ -99,12 +98,6 @@ class ModelConfig:
         if unknown:
             raise ChatsmithError(f"unknown model config fields {sorted(unknown)}")
         return cls(**d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    def with_(self, **changes) -> ModelConfig:
-        return replace(self, **changes)
 
 
 # width = 64 x depth and 64-wide heads, the nanochat-style single dial; presets name common points.

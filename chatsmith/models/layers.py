@@ -169,9 +169,6 @@ class KVCache:
         else:
             self.lengths[rows] = 0
 
-    def nbytes(self) -> int:
-        return self.k.numel() * self.k.element_size() * 2
-
 
 class CacheView:
     """The rows of a KVCache that one forward pass reads and extends.

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import torch
 
+from chatsmith.data.chitchat import BUILTIN_NAME
 from chatsmith.data.seq2seq import get_seq2seq_task, pair_ids
 from chatsmith.data.tokens import TokenWindows
 from chatsmith.errors import ChatsmithError
 from chatsmith.models.config import ARCHITECTURES
 from chatsmith.tokenizer import Tokenizer
-from chatsmith.training.objectives import MaskedLM, Seq2Seq
+from chatsmith.training.config import PretrainConfig
+from chatsmith.training.masked_lm import MaskedLM
+from chatsmith.training.seq2seq import Seq2Seq
 
 
-def check_family(args: dict, builtin_data: str) -> None:
-    arch, task = args.get("arch") or "decoder", args.get("task")
+def check_family(config: PretrainConfig) -> None:
+    arch, task = config.arch, config.task
     if arch not in ARCHITECTURES:
         raise ChatsmithError(f"unknown --arch {arch!r}; choose from {', '.join(ARCHITECTURES)}")
     if arch == "encoder_decoder" and not task:
@@ -28,25 +31,25 @@ def check_family(args: dict, builtin_data: str) -> None:
         )
     if arch == "encoder" and task:
         raise ChatsmithError("--arch encoder learns from text (--data), not from a --task")
-    if task and (args.get("data") != builtin_data or args.get("val_data")):
+    if task and (config.data != BUILTIN_NAME or config.val_data):
         raise ChatsmithError("--task brings its own data; give --task or --data, not both")
 
 
 def task_objective(
-    args: dict, tok: Tokenizer, seq_len: int, seed: int, device: torch.device
+    config: PretrainConfig, tok: Tokenizer, seq_len: int, seed: int, device: torch.device
 ) -> tuple[Seq2Seq, str]:
-    task = get_seq2seq_task(args["task"])
+    task = get_seq2seq_task(config.task)
     train_pairs = pair_ids(tok, task.pairs("train"), seq_len)
     val_pairs = pair_ids(tok, task.pairs("val"), seq_len)
     if not train_pairs or not val_pairs:
         raise ChatsmithError(f"task {task.name} needs training and held-out pairs")
-    decoder_only = (args.get("arch") or "decoder") == "decoder"
+    decoder_only = config.arch == "decoder"
     objective = Seq2Seq(
         train_pairs,
         val_pairs,
         tok.bos_id,
         tok.pad_id,
-        args["batch_size"],
+        config.batch_size,
         device,
         seed,
         sep_id=tok.assistant_id if decoder_only else None,

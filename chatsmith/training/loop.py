@@ -9,16 +9,13 @@ the loss is computed, and what "held-out" means.
 from __future__ import annotations
 
 import math
-import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from chatsmith.checkpoint import (
     RUN_FILE,
@@ -29,7 +26,9 @@ from chatsmith.checkpoint import (
 )
 from chatsmith.errors import ChatsmithError
 from chatsmith.models import ModelConfig
+from chatsmith.reporting import Reporter
 from chatsmith.runtime import autocast, configure_cuda, rng_state, set_rng_state
+from chatsmith.training.config import RunConfig, TrainConfig
 from chatsmith.training.metrics import MetricsLog, OverfitWatch, plot_curves
 from chatsmith.training.optim import build_optimizers, lr_factor, set_lr
 
@@ -57,38 +56,6 @@ class Objective(Protocol):
 
 
 @dataclass
-class RunFlags:
-    """The flags every training stage takes, with the same meaning everywhere."""
-
-    out: Path
-    resume: bool = False
-    max_minutes: float | None = None
-    max_steps: int | None = None
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    seed: int = 1337
-
-
-@dataclass
-class TrainSettings:
-    batch_size: int = 16
-    grad_accum: int = 1
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 30
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    optimizer: str = "adamw"
-    muon_lr: float = 0.02
-    eval_every: int = 200
-    log_every: int = 10
-    save_every: int = 500
-    keep_last: int = 3
-    compile: bool | None = None  # None: on for CUDA, off elsewhere
-
-
-@dataclass
 class TrainResult:
     run_dir: Path
     step: int
@@ -103,164 +70,187 @@ class TrainResult:
         return d
 
 
-def _budget_progress(step: int, elapsed: float, flags: RunFlags) -> float:
+def _budget_progress(step: int, elapsed: float, run: RunConfig) -> float:
     parts = []
-    if flags.max_steps:
-        parts.append(step / flags.max_steps)
-    if flags.max_minutes:
-        parts.append(elapsed / (flags.max_minutes * 60))
+    if run.max_steps:
+        parts.append(step / run.max_steps)
+    if run.max_minutes:
+        parts.append(elapsed / (run.max_minutes * 60))
     return max(parts) if parts else 0.0
+
+
+class Trainer:
+    """One training run: `fit` repeats `step` until the budget is spent, evaluating and
+    checkpointing on the way. State that resume restores lives in `step`, `elapsed`,
+    `tokens_seen`, the optimizers, the objective and the RNG."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: ModelConfig,
+        objective: Objective,
+        config: TrainConfig,
+        run: RunConfig,
+        reporter: Reporter,
+    ):
+        self.model, self.cfg, self.objective = model, cfg, objective
+        self.config, self.run, self.reporter = config, run, reporter
+        self.run_dir, self.device = Path(run.out), run.device
+        self.optimizers = build_optimizers(
+            model,
+            config.optimizer,
+            config.lr,
+            config.weight_decay,
+            (config.beta1, config.beta2),
+            config.muon_lr,
+        )
+        self.step, self.elapsed, self.tokens_seen = 0, 0.0, 0
+        use_compile = config.compile if config.compile is not None else self.device.type == "cuda"
+        self.fwd_model = torch.compile(model) if use_compile else model
+        self.watch = OverfitWatch()
+        self.loss_window: list[float] = []
+        self.smooth_loss = self.last_loss = math.nan
+
+    def restore(self) -> None:
+        """Continue from the run folder's latest checkpoint (exact resume)."""
+        ckpt = load_checkpoint(self.run_dir)
+        load_model_weights(self.model, ckpt)
+        for opt, sd in zip(self.optimizers, ckpt.state["optimizers"]):
+            opt.load_state_dict(sd)
+        self.objective.load_state_dict(ckpt.state["objective"])
+        set_rng_state(ckpt.state["rng"])
+        self.step, self.elapsed = ckpt.step, ckpt.state["elapsed"]
+        self.tokens_seen = ckpt.state["tokens"]
+
+    def progress(self) -> float:
+        return _budget_progress(self.step, self.elapsed, self.run)
+
+    def checkpoint(self) -> None:
+        state = {
+            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "objective": self.objective.state_dict(),
+            "rng": rng_state(),
+            "elapsed": self.elapsed,
+            "tokens": self.tokens_seen,
+        }
+        save_checkpoint(self.run_dir, self.step, self.model, self.cfg, state, self.config.keep_last)
+
+    def evaluate(self, final: bool = False) -> dict:
+        with autocast(self.device):
+            result = self.objective.evaluate(self.model, final)
+        self.metrics.write({"step": self.step, **result})
+        return result
+
+    def train_step(self) -> None:
+        """One optimizer step over `grad_accum` micro-batches, then the log line."""
+        config, objective = self.config, self.objective
+        t0 = time.perf_counter()
+        factor = lr_factor(self.step, self.progress(), config.warmup_steps, config.min_lr_ratio)
+        set_lr(self.optimizers, factor)
+        step_loss, step_tokens, extras = 0.0, 0, {}
+        for _ in range(config.grad_accum):
+            batch = objective.next_batch(self.model)
+            with autocast(self.device):
+                loss, extras = objective.loss(self.fwd_model, batch)
+            if not torch.isfinite(loss):
+                raise ChatsmithError(
+                    f"loss became {loss.item()} at step {self.step}; lower --lr or check the data"
+                )
+            (loss / config.grad_accum).backward()
+            step_loss += loss.item() / config.grad_accum
+            step_tokens += objective.batch_tokens(batch)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip))
+        for opt in self.optimizers:
+            opt.step()
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        self.elapsed += dt
+        self.step += 1
+        self.tokens_seen += step_tokens
+        self.last_loss = step_loss
+        self.loss_window.append(step_loss)
+        # a smoothed training loss for the overfitting watch: single steps are too noisy
+        s = self.smooth_loss
+        self.smooth_loss = step_loss if math.isnan(s) else 0.9 * s + 0.1 * step_loss
+        tok_s = step_tokens / dt
+        if self.step % config.log_every == 0 or self.step == 1:
+            self.metrics.write(
+                {
+                    "step": self.step,
+                    "loss": sum(self.loss_window) / len(self.loss_window),
+                    "lr_factor": factor,
+                    "grad_norm": grad_norm,
+                    "tokens_per_s": tok_s,
+                    "tokens": self.tokens_seen,
+                    "elapsed_s": self.elapsed,
+                    **extras,
+                }
+            )
+            self.loss_window.clear()
+        progress = self.progress()
+        eta = self.elapsed / progress * (1 - progress) if progress > 0 else math.nan
+        status = f"loss {step_loss:.3f} | {tok_s:,.0f} tok/s | eta {eta:,.0f}s"
+        self.reporter.advance(self.step, progress, status)
+
+    def evaluate_and_watch(self) -> None:
+        """A held-out evaluation in the middle of the run, with the overfitting warning."""
+        result = self.evaluate()
+        self.reporter.say(
+            f"step {self.step}: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float))
+        )
+        if "val_loss" in result:
+            warning = self.watch.check(self.smooth_loss, result["val_loss"])
+            if warning:
+                self.reporter.say(f"warning: {warning}")
+                self.metrics.write({"step": self.step, "warning": warning})
+
+    def fit(self) -> TrainResult:
+        self.metrics = MetricsLog(self.run_dir, resume_step=self.step)
+        self.reporter.begin(self.objective.name, self.run.max_steps, self.step)
+        self.model.train()
+        while self.progress() < 1.0:
+            self.train_step()
+            if self.step % self.config.eval_every == 0 and self.progress() < 1.0:
+                self.evaluate_and_watch()
+            if self.step % self.config.save_every == 0:
+                self.checkpoint()
+        self.reporter.end()
+        final = self.evaluate(final=True)
+        self.checkpoint()
+        plot_curves(self.run_dir)
+        return TrainResult(
+            self.run_dir, self.step, self.elapsed, self.tokens_seen, final, self.last_loss
+        )
 
 
 def train(
     model: nn.Module,
     cfg: ModelConfig,
     objective: Objective,
-    settings: TrainSettings,
-    flags: RunFlags,
+    config: TrainConfig,
+    run: RunConfig,
     run_info: dict,
-    quiet: bool = False,
-    on_step: Callable[[int, float, float], None] | None = None,
+    reporter: Reporter | None = None,
 ) -> TrainResult:
-    """Train `model` with `objective` until the step or time budget is spent.
+    """Train `model` with `objective` until the step or time budget of `run` is spent.
 
     The caller seeds the RNG (seed_everything) before building the model and objective, so that
-    initialisation is reproducible too. `on_step(step, budget_progress, loss)`, if given, is
-    called after every optimizer step (for a caller's own progress display).
+    initialisation is reproducible too. A new run writes run.json (`run_info` plus the model
+    and loop settings); a resumed one continues from its latest checkpoint.
     """
-    if not flags.max_steps and not flags.max_minutes:
+    if not run.max_steps and not run.max_minutes:
         raise ChatsmithError("give a budget: --max-steps and/or --max-minutes")
-    run_dir, device = Path(flags.out), flags.device
-    run_dir.mkdir(parents=True, exist_ok=True)
+    Path(run.out).mkdir(parents=True, exist_ok=True)
     configure_cuda()
-    model.to(device)
-    optimizers = build_optimizers(
-        model,
-        settings.optimizer,
-        settings.lr,
-        settings.weight_decay,
-        (settings.beta1, settings.beta2),
-        settings.muon_lr,
-    )
-    step, elapsed, tokens_seen = 0, 0.0, 0
-    if flags.resume:
-        ckpt = load_checkpoint(run_dir)
-        load_model_weights(model, ckpt)
-        for opt, sd in zip(optimizers, ckpt.state["optimizers"]):
-            opt.load_state_dict(sd)
-        objective.load_state_dict(ckpt.state["objective"])
-        set_rng_state(ckpt.state["rng"])
-        step, elapsed, tokens_seen = ckpt.step, ckpt.state["elapsed"], ckpt.state["tokens"]
+    model.to(run.device)
+    trainer = Trainer(model, cfg, objective, config, run, reporter or Reporter())
+    if run.resume:
+        trainer.restore()
     else:
-        write_json_atomic(
-            run_dir / RUN_FILE, {**run_info, "model": cfg.to_dict(), "train": asdict(settings)}
-        )
-    use_compile = settings.compile if settings.compile is not None else device.type == "cuda"
-    fwd_model = torch.compile(model) if use_compile else model
-    metrics = MetricsLog(run_dir, resume_step=step)
-    watch = OverfitWatch()
-
-    def checkpoint() -> None:
-        state = {
-            "optimizers": [opt.state_dict() for opt in optimizers],
-            "objective": objective.state_dict(),
-            "rng": rng_state(),
-            "elapsed": elapsed,
-            "tokens": tokens_seen,
-        }
-        save_checkpoint(run_dir, step, model, cfg, state, settings.keep_last)
-
-    def evaluate(final: bool = False) -> dict:
-        with autocast(device):
-            result = objective.evaluate(model, final)
-        metrics.write({"step": step, **result})
-        return result
-
-    bar = tqdm(
-        total=flags.max_steps,
-        initial=step,
-        disable=quiet,
-        file=sys.stderr,
-        desc=objective.name,
-        dynamic_ncols=True,
-        unit="step",
-    )
-    note = (lambda _msg: None) if quiet else (lambda msg: bar.write(msg, file=sys.stderr))
-    loss_window: list[float] = []
-    step_loss = smooth_loss = math.nan
-    model.train()
-    while _budget_progress(step, elapsed, flags) < 1.0:
-        t0 = time.perf_counter()
-        factor = lr_factor(
-            step,
-            _budget_progress(step, elapsed, flags),
-            settings.warmup_steps,
-            settings.min_lr_ratio,
-        )
-        set_lr(optimizers, factor)
-        step_loss, step_tokens, extras = 0.0, 0, {}
-        for _ in range(settings.grad_accum):
-            batch = objective.next_batch(model)
-            with autocast(device):
-                loss, extras = objective.loss(fwd_model, batch)
-            if not torch.isfinite(loss):
-                raise ChatsmithError(
-                    f"loss became {loss.item()} at step {step}; lower --lr or check the data"
-                )
-            (loss / settings.grad_accum).backward()
-            step_loss += loss.item() / settings.grad_accum
-            step_tokens += objective.batch_tokens(batch)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip))
-        for opt in optimizers:
-            opt.step()
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        elapsed += dt
-        step += 1
-        tokens_seen += step_tokens
-        loss_window.append(step_loss)
-        # a smoothed training loss for the overfitting watch: single steps are too noisy
-        smooth_loss = step_loss if math.isnan(smooth_loss) else 0.9 * smooth_loss + 0.1 * step_loss
-        tok_s = step_tokens / dt
-        if step % settings.log_every == 0 or step == 1:
-            record = {
-                "step": step,
-                "loss": sum(loss_window) / len(loss_window),
-                "lr_factor": factor,
-                "grad_norm": grad_norm,
-                "tokens_per_s": tok_s,
-                "tokens": tokens_seen,
-                "elapsed_s": elapsed,
-                **extras,
-            }
-            metrics.write(record)
-            loss_window.clear()
-        progress = _budget_progress(step, elapsed, flags)
-        eta = elapsed / progress * (1 - progress) if progress > 0 else math.nan
-        bar.set_postfix_str(
-            f"loss {step_loss:.3f} | {tok_s:,.0f} tok/s | eta {eta:,.0f}s", refresh=False
-        )
-        bar.update(1)
-        if on_step is not None:
-            on_step(step, progress, step_loss)
-        if step % settings.eval_every == 0 and _budget_progress(step, elapsed, flags) < 1.0:
-            result = evaluate()
-            note(
-                f"step {step}: "
-                + ", ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float))
-            )
-            if "val_loss" in result:
-                warning = watch.check(smooth_loss, result["val_loss"])
-                if warning:
-                    note(f"warning: {warning}")
-                    metrics.write({"step": step, "warning": warning})
-        if step % settings.save_every == 0:
-            checkpoint()
-    bar.close()
-    final = evaluate(final=True)
-    checkpoint()
-    plot_curves(run_dir)
-    return TrainResult(run_dir, step, elapsed, tokens_seen, final, step_loss)
+        info = {**run_info, "model": cfg.to_dict(), "train": asdict(config)}
+        write_json_atomic(Path(run.out) / RUN_FILE, info)
+    return trainer.fit()

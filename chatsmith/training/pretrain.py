@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 from chatsmith.data import chitchat
 from chatsmith.data.seq2seq import get_seq2seq_task
 from chatsmith.data.sources import iter_documents
+from chatsmith.data.splits import split_tail
 from chatsmith.data.tokens import TokenWindows, tokenize_documents
 from chatsmith.errors import ChatsmithError
 from chatsmith.inference.scoring import score_tokens
@@ -22,36 +24,15 @@ from chatsmith.models import (
     format_card,
     model_card,
 )
+from chatsmith.reporting import Reporter
 from chatsmith.runtime import seed_everything
 from chatsmith.tokenizer import Tokenizer
+from chatsmith.training.config import PretrainConfig, RunConfig
 from chatsmith.training.families import check_family, masked_objective, task_objective
-from chatsmith.training.loop import RunFlags, TrainResult, TrainSettings, train
-from chatsmith.training.objectives import MaskedLM
+from chatsmith.training.loop import TrainResult, train
+from chatsmith.training.masked_lm import MaskedLM
 
-BUILTIN = "builtin:chitchat"
-HELD_OUT_FRACTION = 0.05
 QUICK_EVAL_TOKENS = 32_768
-
-PRETRAIN_DEFAULTS: dict = {
-    "arch": "decoder",
-    "task": None,
-    "data": BUILTIN,
-    "val_data": None,
-    "vocab_size": 2048,
-    "preset": "narrow",
-    "depth": None,
-    "seq_len": 256,
-    "n_kv_head": None,
-    "max_text_mb": 512.0,
-    "batch_size": 16,
-    "grad_accum": 1,
-    "lr": 3e-3,
-    "warmup_steps": 30,
-    "optimizer": "muon",
-    "eval_every": 200,
-    "save_every": 500,
-    "compile": None,
-}
 
 
 class LanguageModeling:
@@ -119,7 +100,7 @@ def load_corpus(
     data: str, val_data: str | None, max_text_mb: float
 ) -> tuple[list[str], list[str] | None]:
     """Training and held-out documents; held-out is None when it is to be cut from the tokens."""
-    if data == BUILTIN:
+    if data == chitchat.BUILTIN_NAME:
         if val_data is None:
             return chitchat.documents("train"), chitchat.documents("val")
         train_docs = chitchat.documents("train")
@@ -129,84 +110,69 @@ def load_corpus(
     return train_docs, val_docs
 
 
-def model_config(args: dict, vocab_size: int) -> ModelConfig:
+def model_config(config: PretrainConfig, vocab_size: int) -> ModelConfig:
     sizes = {
-        "arch": args.get("arch") or "decoder",
+        "arch": config.arch,
         "vocab_size": vocab_size,
-        "max_seq_len": args["seq_len"],
-        "n_kv_head": args.get("n_kv_head"),
-        # not flags: for callers that size families to equal parameter counts (benchmarks)
-        "n_layer": args.get("n_layer"),
-        "n_decoder_layer": args.get("n_decoder_layer"),
+        "max_seq_len": config.seq_len,
+        "n_kv_head": config.n_kv_head,
+        "n_layer": config.n_layer,
+        "n_decoder_layer": config.n_decoder_layer,
     }
-    if args.get("depth"):
-        if args["n_kv_head"] is None:
-            sizes["n_kv_head"] = args["depth"]
-        return config_from_depth(int(args["depth"]), **sizes)
-    return config_from_preset(args["preset"], **sizes)
+    if config.depth:
+        if config.n_kv_head is None:
+            sizes["n_kv_head"] = config.depth
+        return config_from_depth(int(config.depth), **sizes)
+    return config_from_preset(config.preset, **sizes)
 
 
 def pretrain(
-    args: dict,
-    flags: RunFlags,
-    flag_info: dict | None = None,
-    quiet: bool = False,
-    say=print,
-    on_step=None,
+    config: PretrainConfig, run: RunConfig, reporter: Reporter | None = None
 ) -> TrainResult:
-    """Train a tokenizer (unless resuming) and a model from `args` (see defaults): a decoder,
-    an encoder (masked-LM) or, on a `task`, an encoder-decoder (see training.families).
-
-    `on_step` is passed to the training loop (for a caller's own progress display)."""
-    check_family(args, BUILTIN)
-    seed_everything(flags.seed)
-    out = Path(flags.out)
-    if args.get("task"):
-        train_docs, val_docs = get_seq2seq_task(args["task"]).texts(), None
+    """Train a tokenizer (unless resuming) and a model into `run.out`: a decoder, an encoder
+    (masked-LM) or, on a `task`, an encoder-decoder (see training.families)."""
+    check_family(config)
+    reporter = reporter or Reporter()
+    seed_everything(run.seed)
+    out = Path(run.out)
+    if config.task:
+        train_docs, val_docs = get_seq2seq_task(config.task).texts(), None
     else:
-        train_docs, val_docs = load_corpus(args["data"], args.get("val_data"), args["max_text_mb"])
-    if flags.resume:
+        train_docs, val_docs = load_corpus(config.data, config.val_data, config.max_text_mb)
+    if run.resume:
         tok = Tokenizer.load(out)
     else:
         out.mkdir(parents=True, exist_ok=True)
-        say(f"training a {args['vocab_size']}-token BPE tokenizer on {len(train_docs):,} documents")
-        tok = Tokenizer.train(train_docs, args["vocab_size"])
+        reporter.phase("tokenizer")
+        reporter.say(
+            f"training a {config.vocab_size}-token BPE tokenizer on {len(train_docs):,} documents"
+        )
+        tok = Tokenizer.train(train_docs, config.vocab_size)
         tok.save(out)
-    cfg = model_config(args, tok.vocab_size)
+    cfg = model_config(config, tok.vocab_size)
     model = build_model(cfg)
-    if args.get("task"):
-        objective, summary = task_objective(args, tok, cfg.max_seq_len, flags.seed, flags.device)
+    if config.task:
+        objective, summary = task_objective(config, tok, cfg.max_seq_len, run.seed, run.device)
     else:
-        objective, summary = text_objective(args, cfg, tok, train_docs, val_docs, flags)
-    settings = TrainSettings(
-        batch_size=args["batch_size"],
-        grad_accum=args["grad_accum"],
-        lr=args["lr"],
-        warmup_steps=args["warmup_steps"],
-        optimizer=args["optimizer"],
-        eval_every=args["eval_every"],
-        save_every=args["save_every"],
-        compile=args["compile"],
-    )
-    say(summary)
-    say(format_card(model_card(cfg, model)))
-    info = {"stage": "pretrain", "args": args, "flags": flag_info or {}}
-    return train(model, cfg, objective, settings, flags, info, quiet=quiet, on_step=on_step)
+        objective, summary = text_objective(config, cfg, tok, train_docs, val_docs, run)
+    reporter.say(summary)
+    reporter.say(format_card(model_card(cfg, model)))
+    info = {"stage": "pretrain", "args": asdict(config), "flags": run.budget()}
+    return train(model, cfg, objective, config, run, info, reporter)
 
 
 def text_objective(
-    args: dict,
+    config: PretrainConfig,
     cfg: ModelConfig,
     tok: Tokenizer,
     train_docs: list[str],
     val_docs: list[str] | None,
-    flags: RunFlags,
+    run: RunConfig,
 ) -> tuple[LanguageModeling | MaskedLM, str]:
     """Next-token prediction (decoder) or masked-LM (encoder) on tokenized documents."""
     train_tokens = tokenize_documents(tok, train_docs)
     if val_docs is None:
-        cut = int(len(train_tokens) * (1 - HELD_OUT_FRACTION))
-        train_tokens, val_tokens = train_tokens[:cut], train_tokens[cut:]
+        train_tokens, val_tokens = split_tail(train_tokens)
     else:
         val_tokens = tokenize_documents(tok, val_docs)
     if len(val_tokens) < 2:
@@ -214,6 +180,6 @@ def text_objective(
     summary = f"data: {len(train_tokens):,} training tokens, {len(val_tokens):,} held-out tokens"
     make = masked_objective if cfg.arch == "encoder" else LanguageModeling
     objective = make(
-        train_tokens, val_tokens, tok, cfg.max_seq_len, args["batch_size"], flags.seed, flags.device
+        train_tokens, val_tokens, tok, cfg.max_seq_len, config.batch_size, run.seed, run.device
     )
     return objective, summary

@@ -30,50 +30,31 @@ run stopped and resumed takes the same steps as one that never stopped.
 
 from __future__ import annotations
 
-import sys
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm import tqdm
 
-from chatsmith.checkpoint import (
-    load_checkpoint,
-    load_model_weights,
-    load_run_tokenizer,
-    read_run_info,
-)
+from chatsmith.data.batching import EpochOrder, pad_right
 from chatsmith.data.tasks import SOLVED, Task, TaskPrompt, get_task, safe_reward
 from chatsmith.errors import ChatsmithError
-from chatsmith.evaluation.tasks import evaluate_task, make_engine, prompt_ids, sample_groups
-from chatsmith.models import IGNORE_INDEX, build_model, format_card, model_card
+from chatsmith.inference.engine import Engine, Generation
+from chatsmith.inference.tasks import evaluate_task, prompt_ids, sample_groups
+from chatsmith.models import IGNORE_INDEX, ModelConfig, build_model, format_card, model_card
+from chatsmith.reporting import Reporter
 from chatsmith.runtime import seed_everything
 from chatsmith.tokenizer import Tokenizer
-from chatsmith.training.loop import RunFlags, TrainResult, TrainSettings, train
+from chatsmith.training.config import RLConfig, RunConfig
+from chatsmith.training.loop import TrainResult, train
 from chatsmith.training.metrics import plot_curves
+from chatsmith.training.start import start_model
 
 REFERENCE_FILE = "reference.safetensors"
 REWARD_CURVE = "reward_curve.png"
 MAX_LOGGED_REWARD_ERRORS = 5
-
-RL_DEFAULTS: dict = {
-    "task": "arithmetic",
-    "group_size": 8,
-    "prompts_per_step": 8,
-    "kl": 0.0,
-    "lr": 1e-4,
-    "warmup_steps": 0,
-    "max_new_tokens": 32,
-    "temperature": 1.0,
-    "top_k": None,
-    "std_normalize": False,
-    "eval_every": 25,
-    "eval_prompts": 100,
-    "save_every": 50,
-    "max_batch": 64,
-}
 
 
 def group_advantages(rewards: torch.Tensor, std_normalize: bool = False) -> torch.Tensor:
@@ -109,8 +90,9 @@ def grpo_loss(
     return loss, kl.detach()
 
 
-class GroupRelativePolicy:
-    """The RL stage as a loop Objective: batches are sampled, scored groups of replies."""
+class GroupRelativeObjective:
+    """The RL stage (GRPO-style) as a loop Objective: batches are sampled, scored groups of
+    replies, and the loss is `grpo_loss` on them."""
 
     name = "rl"
 
@@ -118,24 +100,24 @@ class GroupRelativePolicy:
         self,
         task: Task,
         tok: Tokenizer,
-        args: dict,
+        config: RLConfig,
         seed: int,
         device: torch.device,
         reference: nn.Module | None = None,
-        say=print,
+        reporter: Reporter | None = None,
     ):
-        if args["group_size"] < 2:
+        if config.group_size < 2:
             raise ChatsmithError(
                 "--group-size 1 leaves no group to compare with: every advantage would be 0 "
                 "and nothing would be learnt; use 2 or more (8 is usual)"
             )
-        if args["prompts_per_step"] < 1:
+        if config.prompts_per_step < 1:
             raise ChatsmithError("--prompts-per-step must be at least 1")
-        if args["temperature"] <= 0:
+        if config.temperature <= 0:
             raise ChatsmithError("--temperature must be above 0: greedy groups are all the same")
-        self.task, self.tok, self.args, self.seed, self.device = task, tok, args, seed, device
+        self.task, self.tok, self.config, self.seed, self.device = task, tok, config, seed, device
         self.reference = reference
-        self.say = say
+        self.reporter = reporter or Reporter()
         self.train_prompts = task.prompts("train")
         self.val_prompts = task.prompts("val")
         if not self.train_prompts:
@@ -143,50 +125,38 @@ class GroupRelativePolicy:
         if not self.val_prompts:
             raise ChatsmithError(f"task {task.name} has no held-out problems")
         self.samples_drawn = 0  # sampling steps taken; seeds the generators
-        self.epoch, self.pos = 0, 0
-        self.order = self._order()
-        self.engine = None
+        self.position = 0  # prompts drawn so far
+        self.order = EpochOrder(len(self.train_prompts), seed)
+        self.engine: Engine | None = None
         self.reward_sum = self.reward_count = 0.0
         self.errors_logged = 0
 
-    def _order(self) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
-        return torch.randperm(len(self.train_prompts), generator=g).tolist()
-
     def _next_prompts(self) -> list[TaskPrompt]:
-        out = []
-        for _ in range(self.args["prompts_per_step"]):
-            if self.pos >= len(self.order):
-                self.epoch, self.pos = self.epoch + 1, 0
-                self.order = self._order()
-            out.append(self.train_prompts[self.order[self.pos]])
-            self.pos += 1
+        n = self.config.prompts_per_step
+        out = [self.train_prompts[self.order[self.position + j]] for j in range(n)]
+        self.position += n
         return out
 
-    def _engine(self, model: nn.Module):
+    def _engine(self, model: nn.Module) -> Engine:
         if self.engine is None or self.engine.model is not model:
-            size = self.args["prompts_per_step"] * self.args["group_size"]
-            self.engine = make_engine(model, self.tok, max(1, min(self.args["max_batch"], size)))
-            _record_stop_tokens(self.engine)
+            size = self.config.prompts_per_step * self.config.group_size
+            self.engine = Engine(model, self.tok.stop_ids, max(1, min(self.config.max_batch, size)))
         return self.engine
 
     def _log_error(self, prompt: TaskPrompt, reply: str, err: str) -> None:
         if self.errors_logged < MAX_LOGGED_REWARD_ERRORS:
-            tqdm.write(
+            self.reporter.say(
                 f"warning: reward failed, scored 0 ({err}) on prompt {prompt.prompt[:50]!r} "
-                f"reply {reply[:50]!r}",
-                file=sys.stderr,
+                f"reply {reply[:50]!r}"
             )
         elif self.errors_logged == MAX_LOGGED_REWARD_ERRORS:
-            tqdm.write(
-                "warning: more reward failures; counted as reward_errors in the metrics",
-                file=sys.stderr,
+            self.reporter.say(
+                "warning: more reward failures; counted as reward_errors in the metrics"
             )
         self.errors_logged += 1
 
-    def next_batch(self, model: nn.Module) -> dict:
-        prompts = self._next_prompts()
-        ids = prompt_ids(self.tok, prompts, model.cfg.max_seq_len, self.args["max_new_tokens"])
+    def _sample(self, model: nn.Module, ids: list[list[int]]) -> list[list[Generation]]:
+        config = self.config
         engine = self._engine(model)
         was_training = model.training
         model.eval()
@@ -194,16 +164,21 @@ class GroupRelativePolicy:
             groups = sample_groups(
                 engine,
                 ids,
-                self.args["group_size"],
-                self.args["temperature"],
-                self.args["max_new_tokens"],
+                config.group_size,
+                config.temperature,
+                config.max_new_tokens,
                 self.seed + 1 + self.samples_drawn,
-                self.args["top_k"],
+                config.top_k,
             )
         finally:
             model.train(was_training)
         self.samples_drawn += 1
-        stop = self.tok.chat.stop_ids[0]
+        return groups
+
+    def next_batch(self, model: nn.Module) -> dict:
+        prompts = self._next_prompts()
+        ids = prompt_ids(self.tok, prompts, model.cfg.max_seq_len)
+        groups = self._sample(model, ids)
         seqs, rewards, errors = [], [], 0
         for p, p_ids, group in zip(prompts, ids, groups, strict=True):
             row = []
@@ -215,19 +190,16 @@ class GroupRelativePolicy:
                     self._log_error(p, reply, err)
                 row.append(r)
                 # the stop token was an action too; the engine ends on <|end|> or <|bos|>
-                tail = [getattr(g, "stop_token", stop)] if g.finish_reason == "stop" else []
+                tail = [g.stop_token] if g.stop_token is not None else []
                 seqs.append((p_ids, g.tokens + tail))
             rewards.append(row)
         r = torch.tensor(rewards, dtype=torch.float32)
-        adv = group_advantages(r, self.args["std_normalize"]).flatten()
-        length = max(len(p) + len(y) for p, y in seqs) - 1
-        x = torch.full((len(seqs), length), self.tok.pad_id, dtype=torch.long)
-        y = torch.full((len(seqs), length), IGNORE_INDEX, dtype=torch.long)
-        for b, (p_ids, reply) in enumerate(seqs):
-            full = p_ids + reply
-            x[b, : len(full) - 1] = torch.tensor(full[:-1])
-            y[b, len(p_ids) - 1 : len(full) - 1] = torch.tensor(reply, dtype=torch.long)
-        x, y = x.to(self.device), y.to(self.device)
+        adv = group_advantages(r, self.config.std_normalize).flatten()
+        # inputs: prompt + reply but the last token; targets: the reply only
+        x = pad_right([(p + y)[:-1] for p, y in seqs], self.tok.pad_id).to(self.device)
+        y = pad_right([[IGNORE_INDEX] * (len(p) - 1) + y for p, y in seqs], IGNORE_INDEX).to(
+            self.device
+        )
         batch = {"x": x, "y": y, "mask": (y != IGNORE_INDEX), "adv": adv.to(self.device)}
         if self.reference is not None:
             with torch.no_grad():
@@ -247,7 +219,7 @@ class GroupRelativePolicy:
 
     def _token_nll(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """-log pi(y | x) per position, pi being the sampling policy softmax(logits / T)."""
-        temperature = self.args["temperature"]
+        temperature = self.config.temperature
         if temperature == 1.0:
             return model(x, y, reduction="none")[1]
         logits = model(x)[0].float() / temperature
@@ -259,7 +231,7 @@ class GroupRelativePolicy:
     def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         nll = self._token_nll(model, batch["x"], batch["y"])
         loss, kl = grpo_loss(
-            nll, batch["mask"], batch["adv"], batch.get("ref_logp"), self.args["kl"]
+            nll, batch["mask"], batch["adv"], batch.get("ref_logp"), self.config.kl
         )
         figures = dict(batch["figures"])
         if "ref_logp" in batch:
@@ -270,14 +242,14 @@ class GroupRelativePolicy:
         return int(batch["mask"].sum())
 
     def evaluate(self, model: nn.Module, final: bool) -> dict:
-        limit = None if final else self.args["eval_prompts"]
+        limit = None if final else self.config.eval_prompts
         score = evaluate_task(
             model,
             self.tok,
             self.task,
             samples=1,
             temperature=0.0,
-            max_new_tokens=self.args["max_new_tokens"],
+            max_new_tokens=self.config.max_new_tokens,
             limit=limit,
             engine=self._engine(model),
             keep_examples=2,
@@ -288,100 +260,59 @@ class GroupRelativePolicy:
         self.reward_sum = self.reward_count = 0.0
         for prompt, reply, r in score.examples:
             mark = "right" if r >= SOLVED else "wrong"
-            tqdm.write(f"  sample ({mark}): {prompt!r} -> {reply!r}", file=sys.stderr)
+            self.reporter.say(f"  sample ({mark}): {prompt!r} -> {reply!r}")
         return out
 
     def state_dict(self) -> dict:
-        return {"samples_drawn": self.samples_drawn, "epoch": self.epoch, "pos": self.pos}
+        return {"samples_drawn": self.samples_drawn, "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
-        self.samples_drawn, self.pos = int(state["samples_drawn"]), int(state["pos"])
-        self.epoch = int(state["epoch"])
-        self.order = self._order()
+        self.samples_drawn = int(state["samples_drawn"])
+        # runs saved before `position` kept (epoch, pos in epoch)
+        old = int(state.get("epoch", 0)) * len(self.train_prompts) + int(state.get("pos", 0))
+        self.position = int(state.get("position", old))
 
 
-def _record_stop_tokens(engine) -> None:
-    """Make `engine` remember which stop token ended each sequence (end or bos).
+def _reference(model: nn.Module, cfg: ModelConfig, run: RunConfig) -> nn.Module:
+    """The frozen starting model for the KL penalty, saved into the run at its start."""
+    ref_path = Path(run.out) / REFERENCE_FILE
+    if not run.resume:
+        weights = {
+            k: v.detach().cpu().contiguous()
+            for k, v in model.state_dict().items()
+            if not (k == "lm_head.weight" and cfg.tie_embeddings)
+        }
+        save_file(weights, str(ref_path))
+    if not ref_path.is_file():
+        raise ChatsmithError(f"{ref_path} is missing: the KL penalty needs the starting model")
+    reference = build_model(cfg)
+    reference.load_state_dict(load_file(str(ref_path)), strict=False)
+    return reference.to(run.device).eval().requires_grad_(False)
 
-    The policy gradient must train the token that was actually sampled; the shared Engine
-    drops it, so its `_accept` is wrapped on this one instance.
-    """
-    inner = engine._accept
 
-    def accept(seq, token):
-        if token in engine.stop_ids:
-            seq.stop_token = token
-        return inner(seq, token)
-
-    engine._accept = accept
-
-
-def rl(
-    args: dict, flags: RunFlags, flag_info: dict | None = None, quiet: bool = False, say=print
-) -> TrainResult:
-    """Improve the model of run `args["run"]` on `args["task"]` by GRPO-style RL."""
-    seed_everything(flags.seed)
-    out = Path(flags.out)
-    task = get_task(args["task"])
-    if flags.resume:
-        ckpt = load_checkpoint(out, with_state=False)
-        tok = load_run_tokenizer(out, ckpt.model_config)
-        cfg = ckpt.model_config
-        model = build_model(cfg)  # the loop loads the resumed weights
-    else:
-        if not args.get("run"):
-            raise ChatsmithError("give the run to start from: chatsmith rl RUN --task NAME")
-        base = Path(args["run"])
-        read_run_info(base)
-        ckpt = load_checkpoint(base, with_state=False)
-        cfg = ckpt.model_config
-        if cfg.arch != "decoder":
-            raise ChatsmithError(f"RL needs a decoder model; {base} holds a {cfg.arch}")
-        tok = load_run_tokenizer(base, cfg)
-        model = build_model(cfg)
-        load_model_weights(model, ckpt)
-        out.mkdir(parents=True, exist_ok=True)
-        tok.save_beside(out)  # with an imported run's chat format
-        args = {**args, "start_checkpoint": str(ckpt.path)}
-    reference = None
-    if args["kl"] > 0:
-        ref_path = out / REFERENCE_FILE
-        if not flags.resume:
-            save_file(
-                {
-                    k: v.detach().cpu().contiguous()
-                    for k, v in model.state_dict().items()
-                    if not (k == "lm_head.weight" and cfg.tie_embeddings)
-                },
-                str(ref_path),
-            )
-        if not ref_path.is_file():
-            raise ChatsmithError(f"{ref_path} is missing: the KL penalty needs the starting model")
-        reference = build_model(cfg)
-        reference.load_state_dict(load_file(str(ref_path)), strict=False)
-        reference.to(flags.device).eval().requires_grad_(False)
-    objective = GroupRelativePolicy(task, tok, args, flags.seed, flags.device, reference, say)
-    settings = TrainSettings(
-        batch_size=args["prompts_per_step"] * args["group_size"],
-        lr=args["lr"],
-        warmup_steps=args["warmup_steps"],
-        min_lr_ratio=1.0,
-        weight_decay=0.0,
-        eval_every=args["eval_every"],
-        save_every=args["save_every"],
-        log_every=1,
-        compile=False,  # reply lengths change every step; recompiling would cost more than it saves
+def rl(config: RLConfig, run: RunConfig, reporter: Reporter | None = None) -> TrainResult:
+    """Improve the model of run `config.run` on `config.task` by GRPO-style RL."""
+    reporter = reporter or Reporter()
+    seed_everything(run.seed)
+    task = get_task(config.task)
+    start = start_model(run, config.run, "trained by RL")
+    model, cfg = start.model, start.cfg
+    if not run.resume:
+        config = replace(config, start_checkpoint=str(start.checkpoint.path))
+    reference = _reference(model, cfg, run) if config.kl > 0 else None
+    objective = GroupRelativeObjective(
+        task, start.tokenizer, config, run.seed, run.device, reference, reporter
     )
-    say(
+    reporter.say(
         f"task {task.name}: {len(objective.train_prompts):,} training problems, "
-        f"{len(objective.val_prompts):,} held-out | {args['prompts_per_step']} prompts x "
-        f"{args['group_size']} replies per step"
+        f"{len(objective.val_prompts):,} held-out | {config.prompts_per_step} prompts x "
+        f"{config.group_size} replies per step"
     )
-    say(format_card(model_card(cfg, model)))
-    info = {"stage": "rl", "args": args, "flags": flag_info or {}}
-    result = train(model, cfg, objective, settings, flags, info, quiet=quiet)
+    reporter.say(format_card(model_card(cfg, model)))
+    info = {"stage": "rl", "args": asdict(config), "flags": run.budget()}
+    result = train(model, cfg, objective, config, run, info, reporter)
     plot_curves(
-        out,
+        run.out,
         keys=("reward", "pass@1"),
         filename=REWARD_CURVE,
         ylabel="mean reward (train) / pass@1 (held-out)",

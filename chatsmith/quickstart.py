@@ -2,12 +2,12 @@
 
 Stages: BPE tokenizer and pretraining on the built-in corpus, SFT on its conversations, and a
 short sample chat. Sizes and time budgets are picked for the machine found, so that on two
-CPU cores the whole run ends well within 15 minutes; a GPU gets a larger model.
+CPU cores the whole run ends well within 15 minutes; a GPU gets a larger model. It drives the
+training stages and the inference engine, so it sits beside the CLI, above both.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -18,10 +18,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from chatsmith.data.chitchat import BUILTIN_NAME
 from chatsmith.errors import ChatsmithError
-from chatsmith.training.loop import RunFlags
-from chatsmith.training.pretrain import BUILTIN, PRETRAIN_DEFAULTS, pretrain
-from chatsmith.training.sft import SFT_DEFAULTS, sft
+from chatsmith.reporting import Reporter
+from chatsmith.training.config import DEFAULT_SEED, PretrainConfig, RunConfig, SFTConfig
+from chatsmith.training.pretrain import pretrain
+from chatsmith.training.sft import sft
 
 SUMMARY_FILE = "quickstart.json"
 SAMPLE_PROMPTS = ("Hi! How are you doing today?", "What do you like to do on weekends?")
@@ -53,7 +55,7 @@ class QuickPlan:
     # the minutes do, and more epochs would only overfit it
     pretrain_step_cap: int | None = None
     sft_step_cap: int | None = None
-    pretrain_data: str = BUILTIN
+    pretrain_data: str = BUILTIN_NAME
     pretrain_val_data: str | None = None
     max_conversations: int | None = None
     sft_val_data: str | None = None
@@ -103,10 +105,12 @@ def plan_for_machine(device: torch.device, total_minutes: float | None = None) -
     return plan
 
 
-class _Progress:
-    """One bar for the whole pipeline: each stage fills its share."""
+class PipelineReporter(Reporter):
+    """One bar for the whole pipeline: each phase (tokenizer, pretrain, sft, sample chat)
+    fills its share of it; messages are printed above the bar."""
 
-    def __init__(self, quiet: bool):
+    def __init__(self, quiet: bool = False):
+        super().__init__(quiet)
         self.bar = tqdm(
             total=100,
             disable=quiet,
@@ -116,165 +120,88 @@ class _Progress:
         )
         self.done, self.stage = 0.0, ""
 
-    def start(self, stage: str) -> None:
+    def phase(self, name: str) -> None:
+        if name == self.stage or name not in WEIGHTS:
+            return
         if self.stage:
             self.done += WEIGHTS[self.stage]
-        self.stage = stage
-        self.bar.set_description_str(f"quickstart: {stage}")
-        self._set(0.0)
+        self.stage = name
+        self.bar.set_description_str(f"quickstart: {name}")
+        self.fill(0.0)
 
-    def _set(self, fraction: float) -> None:
+    def fill(self, fraction: float) -> None:
+        """The current phase is `fraction` done."""
         self.bar.n = round(self.done + WEIGHTS[self.stage] * min(max(fraction, 0.0), 1.0), 1)
         self.bar.refresh()
 
-    def on_step(self, step: int, progress: float, loss: float) -> None:
-        self.bar.set_postfix_str(f"step {step} | loss {loss:.3f}", refresh=False)
-        self._set(progress)
+    def begin(self, name: str, total: int | None, done: int = 0) -> None:
+        self.phase(name)
 
-    def say(self, msg: str) -> None:
-        self.bar.write(msg, file=sys.stderr)
+    def advance(self, step: int, fraction: float, status: str) -> None:
+        self.bar.set_postfix_str(f"step {step} | {status.split(' | ')[0]}", refresh=False)
+        self.fill(fraction)
+
+    def end(self) -> None:
+        """A step loop ended; the bar stays for the next phase (see `close`)."""
 
     def close(self) -> None:
-        self.done += WEIGHTS[self.stage]
         self.bar.n = 100
         self.bar.set_postfix_str("done", refresh=False)
         self.bar.close()
 
 
-def _run_stage(stage_fn, progress, *args):
-    """Run a training stage with its own bar off, reporting to the one display instead."""
-    with contextlib.redirect_stdout(sys.stderr):  # the loop's evaluation lines are notes too
-        return stage_fn(*args, quiet=True, say=progress.say, on_step=progress.on_step)
-
-
 def run_quickstart(
-    out: Path, plan: QuickPlan, seed: int = 1337, say=print, quiet: bool = False
+    out: Path, plan: QuickPlan, seed: int = DEFAULT_SEED, reporter: Reporter | None = None
 ) -> dict:
-    """Run every stage into `out` (base/ and chat/ run folders) and return the summary."""
-    from chatsmith.inference.chat import ChatSession
-    from chatsmith.inference.engine import SamplingParams
-    from chatsmith.inference.loading import load_run
+    """Run every stage into `out` (base/ and chat/ run folders) and return the summary.
 
+    `reporter` takes the messages; the progress is shown as one bar for the whole pipeline
+    (none when the reporter is quiet)."""
+    reporter = reporter or Reporter()
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ChatsmithError(f"{out} exists and is not empty; give a new --out folder")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     device = torch.device(plan.device)
-    train_minutes = plan.total_minutes - plan.overhead_minutes
-    say(
+    reporter.say(
         f"quickstart into {out} on {plan.device} ({plan.extra.get('cpu_cores', '?')} CPU cores): "
         f"{f'{plan.depth}-layer' if plan.depth else repr(plan.preset)} model, "
         f"{plan.vocab_size}-token vocabulary, context {plan.seq_len}; "
         f"about {plan.total_minutes:g} minutes in all"
     )
-    progress = _Progress(quiet)
+    progress = PipelineReporter(reporter.quiet)
     times: dict[str, float] = {}
 
     # stage 1+2: tokenizer and pretraining (pretrain trains the tokenizer first)
-    progress.start("tokenizer")
+    progress.phase("tokenizer")
     base = out / "base"
-    pargs = dict(PRETRAIN_DEFAULTS)
-    pargs.update(
-        data=plan.pretrain_data,
-        val_data=plan.pretrain_val_data,
-        vocab_size=plan.vocab_size,
-        depth=plan.depth,
-        preset=plan.preset or PRETRAIN_DEFAULTS["preset"],
-        seq_len=plan.seq_len,
-        batch_size=plan.pretrain_batch,
-        lr=plan.pretrain_lr,
-        eval_every=plan.eval_every,
-        save_every=10**9,
-        warmup_steps=20,
-    )
-    p_minutes = None if plan.pretrain_steps else train_minutes * plan.pretrain_share
-    pflags = RunFlags(
-        out=base,
-        device=device,
-        seed=seed,
-        max_steps=plan.pretrain_steps or plan.pretrain_step_cap,
-        max_minutes=p_minutes,
-    )
-
-    def pretrain_say(msg: str) -> None:
-        if msg.startswith("data:") or msg.startswith("model:"):
-            if progress.stage == "tokenizer":
-                progress.start("pretrain")
-        progress.say(msg)
-
     t = time.perf_counter()
-    presult = _run_stage(
-        pretrain,
-        _ProgressProxy(progress, pretrain_say),
-        pargs,
-        pflags,
-        {"max_minutes": p_minutes, "max_steps": pflags.max_steps, "seed": seed},
-    )
+    presult = pretrain(pretrain_config(plan), pretrain_run(plan, base, device, seed), progress)
     times["pretrain"] = time.perf_counter() - t
 
     # stage 3: SFT, with whatever time the budget still has
-    progress.start("sft")
     chat_dir = out / "chat"
-    sargs = dict(SFT_DEFAULTS)
-    sargs.update(
-        base_run=str(base),
-        val_data=plan.sft_val_data,
-        max_conversations=plan.max_conversations,
-        batch_size=plan.sft_batch,
-        lr=plan.sft_lr,
-        eval_every=plan.eval_every,
-        save_every=10**9,
-    )
-    s_minutes = None
-    if not plan.sft_steps:
-        spent = (time.perf_counter() - t0) / 60
-        # keep two minutes for SFT's data and final evaluation and the sample chat (measured
-        # at ~1.7 minutes on two busy CPU cores)
-        s_minutes = max(
-            0.5, min(train_minutes * (1 - plan.pretrain_share), plan.total_minutes - spent - 2.0)
-        )
-    sflags = RunFlags(
-        out=chat_dir,
-        device=device,
-        seed=seed,
-        max_steps=plan.sft_steps or plan.sft_step_cap,
-        max_minutes=s_minutes,
-    )
+    srun = sft_run(plan, chat_dir, device, seed, spent_minutes=(time.perf_counter() - t0) / 60)
     t = time.perf_counter()
-    sresult = _run_stage(
-        sft,
-        progress,
-        sargs,
-        sflags,
-        {"max_minutes": s_minutes, "max_steps": sflags.max_steps, "seed": seed},
-    )
+    sresult = sft(sft_config(plan, base), srun, progress)
     times["sft"] = time.perf_counter() - t
 
     # stage 4: a short sample chat with the result
-    progress.start("sample chat")
+    progress.phase("sample chat")
     t = time.perf_counter()
-    loaded = load_run(chat_dir, device)
-    params = SamplingParams(
-        max_tokens=plan.sample_tokens, temperature=0.7, top_k=50, top_p=0.95, seed=seed
-    )
-    session = ChatSession(loaded.engine(), loaded.tokenizer, params)
-    samples = []
-    for i, prompt in enumerate(plan.sample_prompts):
-        samples.append({"user": prompt, "assistant": session.ask(prompt)})
-        progress._set((i + 1) / len(plan.sample_prompts))
+    samples = sample_chat(chat_dir, plan, device, seed, progress)
     times["sample_chat"] = time.perf_counter() - t
     progress.close()
 
     for s in samples:
-        say(f"you> {s['user']}\nassistant> {s['assistant']}")
-    wall = time.perf_counter() - t0
+        reporter.say(f"you> {s['user']}\nassistant> {s['assistant']}")
     plan_d = asdict(plan)
     plan_d["sample_prompts"] = list(plan.sample_prompts)
     summary = {
         "base_run": str(base),
         "chat_run": str(chat_dir),
-        "wall_seconds": wall,
+        "wall_seconds": time.perf_counter() - t0,
         "stage_seconds": times,
         "plan": plan_d,
         "pretrain": {"steps": presult.step, "tokens": presult.tokens, **presult.final_eval},
@@ -285,13 +212,80 @@ def run_quickstart(
     return summary
 
 
-class _ProgressProxy:
-    """The progress display with a different `say` (to notice where a stage's phases begin)."""
+def pretrain_config(plan: QuickPlan) -> PretrainConfig:
+    return PretrainConfig(
+        data=plan.pretrain_data,
+        val_data=plan.pretrain_val_data,
+        vocab_size=plan.vocab_size,
+        depth=plan.depth,
+        preset=plan.preset or PretrainConfig.preset,
+        seq_len=plan.seq_len,
+        batch_size=plan.pretrain_batch,
+        lr=plan.pretrain_lr,
+        eval_every=plan.eval_every,
+        save_every=10**9,
+        warmup_steps=20,
+    )
 
-    def __init__(self, progress: _Progress, say):
-        self._progress, self.say = progress, say
 
-    def on_step(self, step: int, progress: float, loss: float) -> None:
-        if self._progress.stage == "tokenizer":
-            self._progress.start("pretrain")
-        self._progress.on_step(step, progress, loss)
+def pretrain_run(plan: QuickPlan, out: Path, device: torch.device, seed: int) -> RunConfig:
+    train_minutes = plan.total_minutes - plan.overhead_minutes
+    return RunConfig(
+        out=out,
+        device=device,
+        seed=seed,
+        max_steps=plan.pretrain_steps or plan.pretrain_step_cap,
+        max_minutes=None if plan.pretrain_steps else train_minutes * plan.pretrain_share,
+    )
+
+
+def sft_config(plan: QuickPlan, base: Path) -> SFTConfig:
+    return SFTConfig(
+        base_run=str(base),
+        val_data=plan.sft_val_data,
+        max_conversations=plan.max_conversations,
+        batch_size=plan.sft_batch,
+        lr=plan.sft_lr,
+        eval_every=plan.eval_every,
+        save_every=10**9,
+    )
+
+
+def sft_run(
+    plan: QuickPlan, out: Path, device: torch.device, seed: int, spent_minutes: float
+) -> RunConfig:
+    """SFT's budget: its share of the training time, within what the whole budget has left."""
+    minutes = None
+    if not plan.sft_steps:
+        train_minutes = plan.total_minutes - plan.overhead_minutes
+        # keep two minutes for SFT's data and final evaluation and the sample chat (measured
+        # at ~1.7 minutes on two busy CPU cores)
+        left = plan.total_minutes - spent_minutes - 2.0
+        minutes = max(0.5, min(train_minutes * (1 - plan.pretrain_share), left))
+    return RunConfig(
+        out=out,
+        device=device,
+        seed=seed,
+        max_steps=plan.sft_steps or plan.sft_step_cap,
+        max_minutes=minutes,
+    )
+
+
+def sample_chat(
+    chat_dir: Path, plan: QuickPlan, device: torch.device, seed: int, progress: PipelineReporter
+) -> list[dict]:
+    """One reply of the chat model to each of the plan's sample prompts, in one conversation."""
+    from chatsmith.inference.chat import ChatSession
+    from chatsmith.inference.engine import SamplingParams
+    from chatsmith.inference.loading import load_run
+
+    loaded = load_run(chat_dir, device)
+    params = SamplingParams(
+        max_tokens=plan.sample_tokens, temperature=0.7, top_k=50, top_p=0.95, seed=seed
+    )
+    session = ChatSession(loaded.engine(), loaded.tokenizer, params)
+    samples = []
+    for i, prompt in enumerate(plan.sample_prompts):
+        samples.append({"user": prompt, "assistant": session.ask(prompt)})
+        progress.fill((i + 1) / len(plan.sample_prompts))
+    return samples

@@ -1,4 +1,7 @@
-"""pass@1 and pass@k of a model on a task's held-out problems, sampled through the shared Engine.
+"""Replies to a task's problems, sampled through the shared Engine, and their pass@1 / pass@k.
+
+RL samples its training groups with `sample_groups` and checks held-out pass@1 with
+`evaluate_task`; `chatsmith eval --task` reports the same figures.
 
 pass@k uses the unbiased estimator of Chen et al. (2021, "Evaluating Large Language Models
 Trained on Code"): with n samples of which c are correct, pass@k = 1 - C(n-c, k) / C(n, k),
@@ -37,21 +40,13 @@ class TaskScore:
     passk: float
     k: int
     n: int  # problems scored
-    mean_reward: float
-    reward_errors: int = 0
     examples: list[tuple[str, str, float]] = field(default_factory=list)  # prompt, reply, reward
 
     def to_dict(self) -> dict:
         return {"pass@1": self.pass1, "pass@k": self.passk, "k": self.k, "n": self.n}
 
 
-def make_engine(model: nn.Module, tok: Tokenizer, max_batch: int) -> Engine:
-    return Engine(model, stop_ids=tok.chat.stop_ids, max_batch=max_batch, start_id=tok.bos_id)
-
-
-def prompt_ids(
-    tok: Tokenizer, prompts: list[TaskPrompt], context: int, max_new_tokens: int
-) -> list[list[int]]:
+def prompt_ids(tok: Tokenizer, prompts: list[TaskPrompt], context: int) -> list[list[int]]:
     """Rendered prompts; a prompt that leaves no room for a reply is an input error."""
     out = []
     for p in prompts:
@@ -91,8 +86,8 @@ def sample_groups(
                     seed=(seed * 1_000_003 + i * 1009 + j) % (2**62),
                 )
             )
-    gens = engine.generate_many(flat, params)
-    return [gens[i * samples : (i + 1) * samples] for i in range(len(ids))]
+    generations = engine.generate_many(flat, params)
+    return [generations[i * samples : (i + 1) * samples] for i in range(len(ids))]
 
 
 def evaluate_task(
@@ -125,26 +120,24 @@ def evaluate_task(
         raise ChatsmithError(f"task {task.name} has no {split} problems")
     was_training = model.training
     if engine is None:
-        engine = make_engine(model, tok, max(1, min(max_batch, len(prompts) * samples)))
+        engine = Engine(model, tok.stop_ids, max(1, min(max_batch, len(prompts) * samples)))
     model.eval()
     try:
-        ids = prompt_ids(tok, prompts, model.cfg.max_seq_len, max_new_tokens)
+        ids = prompt_ids(tok, prompts, model.cfg.max_seq_len)
         groups = sample_groups(engine, ids, samples, temperature, max_new_tokens, seed)
     finally:
         model.train(was_training)
-    pass1 = passk = total = 0.0
-    errors, examples = 0, []
+    pass1 = passk = 0.0
+    examples = []
     for p, group in zip(prompts, groups, strict=True):
         correct = 0
         for g in group:
             reply = tok.decode(g.tokens)
-            r, err = safe_reward(task, p, reply)
-            errors += err is not None
-            total += r
+            r, _ = safe_reward(task, p, reply)
             correct += r >= SOLVED
             if len(examples) < keep_examples:
                 examples.append((p.prompt, reply, r))
         pass1 += pass_at_k(samples, correct, 1)
         passk += pass_at_k(samples, correct, samples)
     n = len(prompts)
-    return TaskScore(pass1 / n, passk / n, samples, n, total / (n * samples), errors, examples)
+    return TaskScore(pass1 / n, passk / n, samples, n, examples)
