@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -410,6 +411,12 @@ def serve(
         envvar="CHATSMITH_API_KEY",
         help="Require 'Authorization: Bearer KEY' on every /v1 call.",
     ),
+    allowed_host: Optional[list[str]] = typer.Option(
+        None,
+        "--allowed-host",
+        metavar="NAME",
+        help="Also answer requests for this Host name (repeatable; loopback names always).",
+    ),
     max_batch: int = typer.Option(16, help="Sequences decoded together (concurrent requests)."),
     max_queue: int = typer.Option(64, help="Requests that may wait for a slot; more get 429."),
     max_tokens: int = typer.Option(1024, help="Most new tokens one request may ask for."),
@@ -426,6 +433,8 @@ def serve(
         import uvicorn
 
         from chatsmith.serving.app import create_app
+        from chatsmith.serving.live import uvicorn_config
+        from chatsmith.serving.middleware import allowed_hosts_for, is_loopback
     except ImportError as e:
         raise ChatsmithError(
             f"serving needs the 'serve' extra: pip install 'chatsmith[serve]' ({e.name} is missing)"
@@ -438,6 +447,12 @@ def serve(
         max_body_bytes=max_body_kb * 1000,
     )
     limits.validate()
+    if api_key is None:  # click ignores an empty environment variable: it must not mean "no key"
+        api_key = os.environ.get("CHATSMITH_API_KEY")
+    if api_key is not None and not api_key.strip():
+        raise ChatsmithError(
+            "the API key (--api-key or CHATSMITH_API_KEY) is empty: give a key, or unset it"
+        )
     if not 0 <= port <= 65535:
         raise ChatsmithError(f"--port must be between 0 and 65535, got {port}")
     if threads is not None:
@@ -447,10 +462,16 @@ def serve(
 
         torch.set_num_threads(threads)
     loaded = _load(run, device)
-    application = create_app(loaded, limits, api_key)
+    application = create_app(loaded, limits, api_key, allowed_hosts_for(host, allowed_host or ()))
+    if api_key is None and not is_loopback(host):
+        print(
+            f"warning: listening on {host} without an API key: anyone who can reach this "
+            "address can use the model (set --api-key or CHATSMITH_API_KEY)",
+            file=sys.stderr,
+        )
     say(f"serving {loaded.name} at http://{host}:{port}/  (API: http://{host}:{port}/v1)")
     try:
-        uvicorn.run(application, host=host, port=port, log_level="warning")
+        uvicorn.Server(uvicorn_config(application, host=host, port=port)).run()
     except OSError as e:
         raise ChatsmithError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 

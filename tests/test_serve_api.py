@@ -43,7 +43,9 @@ def client(live):
 
 
 def post(live, path: str, body, key: str | None = KEY, **kw) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
     if isinstance(body, (dict, list)):
         body = json.dumps(body)
     return httpx.post(live.url + path, content=body, headers=headers, timeout=30, **kw)
@@ -83,8 +85,10 @@ def test_models_and_health(client, live, loaded):
     models = client.models.list()
     assert [m.id for m in models.data] == [loaded.name]
     assert client.models.retrieve(loaded.name).id == loaded.name
-    health = httpx.get(live.url + "/health").json()
+    health = httpx.get(live.url + "/health", headers={"Authorization": f"Bearer {KEY}"}).json()
     assert health["status"] == "ok" and health["slots"] == 4
+    # without the key: liveness only, no model name nor traffic figures
+    assert httpx.get(live.url + "/health").json() == {"status": "ok"}
     assert "/v1/chat/completions" in httpx.get(live.url + "/openapi.json").json()["paths"]
 
 
@@ -319,7 +323,7 @@ def test_body_too_large_is_413(live):
         live.url + "/v1/completions",
         content=chunks,
         timeout=30,
-        headers={"Authorization": f"Bearer {KEY}"},
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
     )
     assert error_of(resp, 413)["code"] == "body_too_large"
 
@@ -475,7 +479,8 @@ def test_serve_command_serves(tiny_run):
         c = openai.OpenAI(base_url=url + "/v1", api_key="k2", max_retries=0)
         r = c.chat.completions.create(model="m", messages=HELLO, max_tokens=3)
         assert r.usage.total_tokens > 0
-        assert httpx.get(url + "/health").json()["slots"] == 2
+        health = httpx.get(url + "/health", headers={"Authorization": "Bearer k2"})
+        assert health.json()["slots"] == 2
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -89,7 +89,8 @@ def test_token_arrays_base64_and_dimensions(live, loaded):
 
 def test_concurrent_requests_share_forward_passes(live, loaded, client):
     want, _ = embed_texts(loaded, TEXTS)
-    before = httpx.get(live.url + "/health").json()
+    auth = {"Authorization": f"Bearer {KEY}"}  # health shows traffic figures to key holders
+    before = httpx.get(live.url + "/health", headers=auth).json()
     results: dict[int, list] = {}
 
     def ask(i: int) -> None:
@@ -103,7 +104,7 @@ def test_concurrent_requests_share_forward_passes(live, loaded, client):
         t.join()
     for i, vec in results.items():
         assert torch.allclose(torch.tensor(vec), want[i % 3], atol=1e-6)
-    after = httpx.get(live.url + "/health").json()
+    after = httpx.get(live.url + "/health", headers=auth).json()
     assert after["requests"] - before["requests"] == 12
     assert after["forward_passes"] - before["forward_passes"] <= 12
 

@@ -88,3 +88,21 @@ def test_add_many_prefills_like_add(tiny_run):
         many.step()
     assert [s.tokens for s in batched] == [s.tokens for s in singles]
     assert len(many.free) == 4
+
+
+def test_tiny_temperature_and_top_p_behave_as_greedy():
+    """Values that underflow (1e-45 is a float32 subnormal, 1e-300 rounds to 0) are their limit:
+    only the likeliest token, never a NaN path that picks the last id or an unlikely token."""
+    torch.manual_seed(2)
+    logits = torch.randn(6, 40) * 3
+    greedy = logits.argmax(-1).tolist()
+    for p in (
+        SamplingParams(temperature=1e-45),
+        SamplingParams(temperature=1e-300),
+        SamplingParams(top_p=1e-300),
+        SamplingParams(temperature=1e-45, top_k=5),
+        SamplingParams(temperature=1e-45, top_p=1e-300, top_k=3),
+        SamplingParams(temperature=0.7, top_p=1e-300, seed=3),
+    ):
+        gens = [None if p.seed is None else torch.Generator().manual_seed(p.seed)] * 6
+        assert sample_tokens(logits, [p] * 6, gens) == greedy, p

@@ -85,7 +85,14 @@ def _sample_rows(
     sort: bool,
 ) -> list[int]:
     vocab = logits.shape[-1]
-    x = logits.float().cpu() / torch.tensor([[p.temperature] for p in params])
+    logits = logits.float().cpu()
+    x = logits / torch.tensor([[p.temperature] for p in params])
+    # a temperature so small that the division overflows (1e-45, or 1e-300 which float32 holds
+    # as 0) means its limit, greedy: only the likeliest tokens stay, instead of NaN from inf-inf
+    overflow = ~torch.isfinite(x).all(-1)
+    if overflow.any():
+        top = logits[overflow]
+        x[overflow] = torch.where(top == top.max(-1, keepdim=True).values, 0.0, float("-inf"))
     order = None
     if sort:
         x, order = x.sort(-1, descending=True)
@@ -95,6 +102,7 @@ def _sample_rows(
     if sort:
         # keep the smallest prefix whose mass reaches top_p (the first token always stays)
         drop = probs.cumsum(-1) - probs >= torch.tensor([[p.top_p] for p in params])
+        drop[:, 0] = False  # even when top_p underflows to 0 (1e-300 in float32)
         probs = probs.masked_fill(drop, 0.0)
     cdf = probs.cumsum(-1)
     u = torch.empty(len(params))
@@ -196,13 +204,17 @@ class Engine:
         if params.seed is not None:
             gen = torch.Generator().manual_seed(params.seed)
         seq = Generation(list(prompt), params, slot, gen)
-        self.cache.reset(torch.tensor([slot], device=self.device))
-        x = torch.tensor([prompt], dtype=torch.long, device=self.device)
-        rows = torch.tensor([slot], device=self.device)
-        if self.seq2seq:  # the encoder runs once per request; the decoder starts afresh
-            self.model.encode_into(self.cache, rows, x)
-            x = torch.tensor([[self.start_id]], dtype=torch.long, device=self.device)
-        logits, _ = self.model(x, cache=self.cache, rows=rows, last_only=True)
+        try:
+            self.cache.reset(torch.tensor([slot], device=self.device))
+            x = torch.tensor([prompt], dtype=torch.long, device=self.device)
+            rows = torch.tensor([slot], device=self.device)
+            if self.seq2seq:  # the encoder runs once per request; the decoder starts afresh
+                self.model.encode_into(self.cache, rows, x)
+                x = torch.tensor([[self.start_id]], dtype=torch.long, device=self.device)
+            logits, _ = self.model(x, cache=self.cache, rows=rows, last_only=True)
+        except BaseException:  # out of memory, say: the slot must not be lost with it
+            self.free.append(slot)
+            raise
         seq._next_logits = logits[0, -1]
         self.live.append(seq)
         return seq
@@ -226,13 +238,17 @@ class Engine:
         if len(prompts) <= 1 or self.seq2seq:
             return [self.add(pr, p) for pr, p in zip(prompts, params)]
         slots = [self.free.pop() for _ in prompts]
-        lengths = torch.tensor([len(pr) for pr in prompts], device=self.device)
-        x = pad_right(prompts, 0).to(self.device)
-        rows = torch.tensor(slots, device=self.device)
-        self.cache.reset(rows)
-        logits, _ = self.model(x, cache=self.cache, rows=rows)
-        self.cache.lengths[rows] = lengths
-        last = logits[torch.arange(len(prompts), device=self.device), lengths - 1]
+        try:
+            lengths = torch.tensor([len(pr) for pr in prompts], device=self.device)
+            x = pad_right(prompts, 0).to(self.device)
+            rows = torch.tensor(slots, device=self.device)
+            self.cache.reset(rows)
+            logits, _ = self.model(x, cache=self.cache, rows=rows)
+            self.cache.lengths[rows] = lengths
+            last = logits[torch.arange(len(prompts), device=self.device), lengths - 1]
+        except BaseException:
+            self.free.extend(reversed(slots))
+            raise
         seqs = []
         for prompt, p, slot, row in zip(prompts, params, slots, last):
             gen = None if p.seed is None else torch.Generator().manual_seed(p.seed)
@@ -255,24 +271,26 @@ class Engine:
         return True
 
     @torch.inference_mode()
-    def step(self) -> list[tuple[Generation, int | None]]:
-        """Advance every live sequence by one token.
+    def step(self, only: Sequence[Generation] | None = None) -> list[tuple[Generation, int | None]]:
+        """Advance every live sequence (or the live ones among `only`) by one token.
 
         Returns (sequence, token) pairs; token is None when the sequence stopped on a stop
-        token. Sequences that finish are removed and their slots freed before returning.
+        token. Sequences that finish are removed and their slots freed before returning. If
+        the forward pass raises, no sequence has moved (the cache lengths are set back), so
+        the step can be retried for fewer of them.
         """
         events: list[tuple[Generation, int | None]] = []
-        decode = [s for s in self.live if s._next_logits is None]
-        if decode and self.static is not None:
-            logits = self.static([s.slot for s in decode], [s.tokens[-1] for s in decode])
-        elif decode:
-            x = torch.tensor([[s.tokens[-1]] for s in decode], dtype=torch.long, device=self.device)
-            rows = torch.tensor([s.slot for s in decode], device=self.device)
-            logits = self.model(x, cache=self.cache, rows=rows, last_only=True)[0][:, -1]
+        live = list(self.live) if only is None else [s for s in only if s in self.live]
+        decode = [s for s in live if s._next_logits is None]
         if decode:
+            lengths = self.cache.lengths.clone()  # (max_batch,)
+            try:
+                logits = self._decode(decode)
+            except BaseException:  # the lengths may have advanced before the pass failed
+                self.cache.lengths.copy_(lengths)
+                raise
             for s, row in zip(decode, logits):
                 s._next_logits = row
-        live = list(self.live)
         if not live:
             return events
         tokens = sample_tokens(
@@ -286,6 +304,14 @@ class Engine:
             if s.finished:
                 self.release(s)
         return events
+
+    def _decode(self, seqs: list[Generation]) -> torch.Tensor:
+        """(B, V) next-token logits for sequences whose last token is not yet in the cache."""
+        if self.static is not None:
+            return self.static([s.slot for s in seqs], [s.tokens[-1] for s in seqs])
+        x = torch.tensor([[s.tokens[-1]] for s in seqs], dtype=torch.long, device=self.device)
+        rows = torch.tensor([s.slot for s in seqs], device=self.device)
+        return self.model(x, cache=self.cache, rows=rows, last_only=True)[0][:, -1]
 
     def release(self, seq: Generation) -> None:
         """Free a sequence's slot (finished, or abandoned by its client)."""

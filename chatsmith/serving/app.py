@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -10,7 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from chatsmith.inference.loading import LoadedRun
 from chatsmith.serving.config import ServeLimits
 from chatsmith.serving.errors import install_error_handlers
-from chatsmith.serving.middleware import BodyGuard
+from chatsmith.serving.middleware import LOOPBACK_HOSTS, BodyGuard, CrossSiteGuard
 from chatsmith.serving.routes import STATIC, router
 from chatsmith.serving.server import Server
 
@@ -26,9 +27,16 @@ async def _lifespan(app: FastAPI):
 
 
 def create_app(
-    loaded: LoadedRun, limits: ServeLimits | None = None, api_key: str | None = None
+    loaded: LoadedRun,
+    limits: ServeLimits | None = None,
+    api_key: str | None = None,
+    allowed_hosts: Iterable[str] | None = LOOPBACK_HOSTS,
 ) -> FastAPI:
-    """The app for one loaded run: OpenAI-compatible endpoints and the chat page."""
+    """The app for one loaded run: OpenAI-compatible endpoints and the chat page.
+
+    `allowed_hosts`: the Host names answered (default: loopback names only, for a server bound
+    to loopback); None answers any name.
+    """
     app = FastAPI(
         title="chatsmith",
         version="1",
@@ -36,7 +44,9 @@ def create_app(
         description="OpenAI-compatible API for a chatsmith model.",
     )
     app.state.server = Server(loaded, limits or ServeLimits(), api_key)
-    app.add_middleware(BodyGuard, limit=app.state.server.limits.max_body_bytes)
+    limits = app.state.server.limits
+    app.add_middleware(BodyGuard, limit=limits.max_body_bytes, timeout=limits.body_timeout_s)
+    app.add_middleware(CrossSiteGuard, allowed_hosts=allowed_hosts)  # added last: runs first
     install_error_handlers(app)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

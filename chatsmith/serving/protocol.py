@@ -11,10 +11,25 @@ import time
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+
+def _encodable(text: str) -> str:
+    """JSON may carry lone UTF-16 surrogates ("\\ud800"), which no UTF-8 text holds: refused
+    here, with the field's name, rather than failing later in the tokenizer or the reply."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"holds a lone UTF-16 surrogate at character {e.start}; send valid Unicode text"
+        ) from None
+    return text
+
+
+# Every string a request carries is `Text`: the fuzz test checks each one in the schema.
+Text = Annotated[str, AfterValidator(_encodable)]
 Probability = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
-StopText = Annotated[str, Field(min_length=1, max_length=256)]
+StopText = Annotated[Text, Field(min_length=1, max_length=256)]
 
 
 class StreamOptions(BaseModel):
@@ -27,13 +42,13 @@ class TextPart(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    content: Text | list[TextPart]
 
     def text(self) -> str:
         if isinstance(self.content, str):
@@ -45,7 +60,7 @@ class SamplingRequest(BaseModel):
     """What chat and text completions share."""
 
     model_config = ConfigDict(extra="ignore")
-    model: str | None = Field(None, description="Any name is accepted; the loaded model answers.")
+    model: Text | None = Field(None, description="Any name is accepted; the loaded model answers.")
     max_tokens: int | None = Field(None, ge=1, description="Most new tokens per choice.")
     temperature: float | None = Field(
         None, ge=0, le=2, allow_inf_nan=False, description="0 = greedy. Default 1."
@@ -74,7 +89,7 @@ class ChatCompletionRequest(SamplingRequest):
 
 
 class CompletionRequest(SamplingRequest):
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=16)]
+    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=16)]
 
 
 def new_id(prefix: str) -> str:

@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from chatsmith.serving.embeddings import embedding_response
 from chatsmith.serving.errors import APIError
-from chatsmith.serving.middleware import authorize
+from chatsmith.serving.middleware import authorize, key_matches
 from chatsmith.serving.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from chatsmith.serving.responses import CHAT, COMPLETION, respond
 from chatsmith.serving.server import Server
@@ -30,8 +31,15 @@ openai_api = APIRouter(dependencies=[Depends(authorize)], tags=["openai"])
 
 
 @router.get("/health", tags=["server"])
-async def health(srv: Server = Depends(server)) -> dict:
-    return {"status": "ok" if srv.running else "stopped", "model": srv.model_id, **srv.stats()}
+async def health(request: Request, srv: Server = Depends(server)) -> JSONResponse:
+    """200 while requests can be served, 503 with the reason when not (engine thread dead or
+    stuck). With an API key set, only callers with the key see the model and traffic figures."""
+    problem = srv.problem()
+    body = {"status": "ok"} if problem is None else {"status": "unavailable", "reason": problem}
+    if srv.api_key is None or key_matches(request):
+        body["model"] = srv.model_id
+        body.update(srv.stats())
+    return JSONResponse(body, status_code=200 if problem is None else 503)
 
 
 @router.get("/", include_in_schema=False)
@@ -60,7 +68,7 @@ async def get_model(model: str, srv: Server = Depends(server)) -> dict:
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, srv: Server = Depends(server)
 ):
-    ids = srv.chat_prompt(body)
+    ids = await run_in_threadpool(srv.chat_prompt, body)
     params = srv.sampling(body, body.max_completion_tokens or body.max_tokens)
     ticket = srv.submit([ids] * len(params), params)
     return await respond(request, srv, ticket, body, len(ids), CHAT)
@@ -68,7 +76,7 @@ async def chat_completions(
 
 @openai_api.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request, srv: Server = Depends(server)):
-    prompts = srv.text_prompts(body)
+    prompts = await run_in_threadpool(srv.text_prompts, body)
     params = srv.sampling(body, body.max_tokens)
     # choices are prompt-major: all n choices of the first prompt, then of the next
     jobs = [p for p in prompts for _ in params]
@@ -78,7 +86,7 @@ async def completions(body: CompletionRequest, request: Request, srv: Server = D
 
 @openai_api.post("/v1/embeddings")
 async def embeddings(body: EmbeddingRequest, srv: Server = Depends(server)) -> dict:
-    seqs = srv.embedding_inputs(body)
+    seqs = await run_in_threadpool(srv.embedding_inputs, body)
     vectors = await srv.embed(seqs)
     return embedding_response(vectors, body.encoding_format, srv.model_id, sum(map(len, seqs)))
 

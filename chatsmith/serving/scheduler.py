@@ -34,6 +34,15 @@ class QueueFull(ChatsmithError):
     """More requests are waiting than the server is configured to hold."""
 
 
+class EngineDown(ChatsmithError):
+    """The engine thread has died or is stuck: nothing submitted now would be answered."""
+
+
+# What a failed sequence's finish reason starts with: the rest is a message for the client.
+FAILED = "error:"  # this request's generation failed (500)
+UNAVAILABLE = "unavailable:"  # the engine is gone (503)
+
+
 @dataclass(eq=False)
 class _Job:
     ticket: Ticket
@@ -55,15 +64,20 @@ class Ticket:
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, max_queue: int):
+    """`stall_s`: a step (prefill or decode) running longer than this counts as stuck."""
+
+    def __init__(self, engine: Engine, max_queue: int, stall_s: float = 300.0):
         self.engine = engine
         self.capacity = engine.max_batch + max_queue
+        self.stall_s = stall_s
         self._cv = threading.Condition()
         self._waiting: deque[_Job] = deque()
         self._to_cancel: list[_Job] = []
         self._outstanding = 0  # sequences waiting or generating
         self._by_seq: dict[Generation, _Job] = {}
         self._closing = False
+        self._died = False
+        self._busy_since: float | None = None  # when the running step began
         self.steps = 0
         self.tokens = 0
         self.step_seconds = 0.0  # time inside Engine.step (decode)
@@ -73,8 +87,21 @@ class Scheduler:
 
     # ---- called from the event loop -------------------------------------------------------
 
+    def problem(self) -> str | None:
+        """Why the engine cannot answer now (dead or stuck thread); None when it is healthy."""
+        if self._died or not (self._thread.is_alive() or self._closing):
+            return "the engine thread has stopped"
+        since = self._busy_since
+        if since is not None and time.monotonic() - since > self.stall_s:
+            return f"the engine has been stuck in one step for over {self.stall_s:g} s"
+        return None
+
     def submit(self, prompts: list[list[int]], params: list[SamplingParams]) -> Ticket:
-        """Queue one sequence per choice; raise QueueFull when there is no room."""
+        """Queue one sequence per choice; raise QueueFull when there is no room, EngineDown
+        when the engine would never answer."""
+        problem = self.problem()
+        if problem is not None:
+            raise EngineDown(problem)
         ticket = Ticket(asyncio.get_running_loop())
         ticket.jobs = [_Job(ticket, i, p, sp) for i, (p, sp) in enumerate(zip(prompts, params))]
         with self._cv:
@@ -91,12 +118,17 @@ class Scheduler:
         return ticket
 
     def cancel(self, ticket: Ticket, indices: list[int] | None = None) -> None:
-        """Stop some or all of a ticket's sequences; their slots are freed before the next step."""
+        """Stop some or all of a ticket's sequences. One still queued leaves the queue now (the
+        engine may be busy for a while); one generating frees its slot before the next step."""
         with self._cv:
             for job in ticket.jobs:
                 if (indices is None or job.index in indices) and not job.done:
                     ticket.cancelled.add(job.index)
-                    self._to_cancel.append(job)
+                    if job.seq is None and job in self._waiting:
+                        self._waiting.remove(job)
+                        self._finish(job, {}, None)
+                    else:
+                        self._to_cancel.append(job)
             self._cv.notify()
 
     def stats(self) -> dict:
@@ -105,6 +137,7 @@ class Scheduler:
                 "running": len(self._by_seq),
                 "waiting": len(self._waiting),
                 "slots": self.engine.max_batch,
+                "slots_free": len(self.engine.free),
                 "steps": self.steps,
                 "tokens": self.tokens,
                 "step_seconds": round(self.step_seconds, 3),
@@ -130,17 +163,45 @@ class Scheduler:
         if reason is not None:
             out.setdefault(job.ticket, []).append((job.index, None, reason))
 
+    def _fail(self, job: _Job, exc: BaseException, out: dict) -> None:
+        """One sequence's forward pass failed: log it once, answer it, free its slot."""
+        log.error("generation failed for one request: %r", exc, exc_info=exc)
+        with self._cv:
+            if job.seq is not None:
+                self.engine.release(job.seq)
+            self._finish(job, out, f"{FAILED}generation failed ({type(exc).__name__})")
+
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as e:  # whatever killed it, nobody may be left waiting on it
+            log.critical("the engine thread died: %r", e, exc_info=e)
+            out: dict[Ticket, list[Event]] = {}
+            with self._cv:
+                self._died = True
+                self._abandon(out, f"{UNAVAILABLE}the engine thread has stopped")
+            self._post(out)
+
+    def _abandon(self, out: dict, reason: str) -> None:
+        """Answer every waiting and running sequence with `reason` (lock held)."""
+        for job in [*self._waiting, *self._by_seq.values()]:
+            self._finish(job, out, reason)
+        self._waiting.clear()
+
+    def _loop(self) -> None:
         engine = self.engine
         while True:
             out: dict[Ticket, list[Event]] = {}
             with self._cv:
-                while not (self._waiting or self._to_cancel or engine.live or self._closing):
+                while not (
+                    self._to_cancel
+                    or engine.live
+                    or self._closing
+                    or (self._waiting and engine.free)
+                ):
                     self._cv.wait()
                 if self._closing:
-                    for job in [*self._waiting, *self._by_seq.values()]:
-                        self._finish(job, out, "error:the server is shutting down")
-                    self._waiting.clear()
+                    self._abandon(out, f"{UNAVAILABLE}the server is shutting down")
                     self._post(out)
                     return
                 for job in self._to_cancel:
@@ -153,24 +214,27 @@ class Scheduler:
                     job = self._waiting.popleft()
                     if not job.done:
                         admit.append(job)
+                self._busy_since = time.monotonic()
             try:
                 t0 = time.perf_counter()
                 self._admit(admit, out)
                 t1 = time.perf_counter()
-                events = engine.step() if engine.live else []
+                events = self._step(out) if engine.live else []
                 self.prefill_seconds += t1 - t0
                 if events:
                     self.steps += 1
                     self.tokens += len(events)
                     self.step_seconds += time.perf_counter() - t1
-            except Exception as e:  # a bug must not leave clients waiting forever
+            except Exception as e:  # a bug here must not leave clients waiting forever
                 log.exception("engine step failed")
                 with self._cv:
                     for job in list(self._by_seq.values()):
                         engine.release(job.seq)
-                        self._finish(job, out, f"error:generation failed ({type(e).__name__})")
+                        self._finish(job, out, f"{FAILED}generation failed ({type(e).__name__})")
                 self._post(out)
                 continue
+            finally:
+                self._busy_since = None
             with self._cv:
                 for seq, token in events:
                     job = self._by_seq.get(seq)
@@ -181,6 +245,24 @@ class Scheduler:
                     if seq.finished:
                         self._finish(job, out, seq.finish_reason)
             self._post(out)
+
+    def _step(self, out: dict) -> list:
+        """One decode step for everyone. If the batched pass fails, each sequence is retried
+        alone, so that only the one(s) at fault fail and the others go on."""
+        try:
+            return self.engine.step()
+        except Exception as e:
+            failed, first = list(self.engine.live), e
+        if len(failed) == 1:
+            self._fail(self._by_seq[failed[0]], first, out)
+            return []
+        events = []
+        for seq in failed:
+            try:
+                events += self.engine.step([seq])
+            except Exception as e:
+                self._fail(self._by_seq[seq], e, out)
+        return events
 
     def _admit(self, jobs: list[_Job], out: dict) -> None:
         """Prefill waiting prompts, several per forward pass (bounded in padded tokens)."""
@@ -196,13 +278,16 @@ class Scheduler:
     def _prefill(self, group: list[_Job], out: dict) -> None:
         try:
             seqs = self.engine.add_many([j.prompt for j in group], [j.params for j in group])
-        except ChatsmithError as e:
+        except Exception as e:
             if len(group) > 1:  # find out which prompt is at fault; start the others
                 for job in group:
                     self._prefill([job], out)
                 return
-            with self._cv:
-                self._finish(group[0], out, f"error:{e}")
+            if isinstance(e, ChatsmithError):  # a prompt the engine refuses (checked earlier)
+                with self._cv:
+                    self._finish(group[0], out, f"{FAILED}{e}")
+            else:
+                self._fail(group[0], e, out)
             return
         with self._cv:
             for job, seq in zip(group, seqs):

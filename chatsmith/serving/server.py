@@ -7,6 +7,7 @@ the request's stop strings, through the same `StopFilter` the chat session uses.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -26,8 +27,18 @@ from chatsmith.serving.protocol import (
     EmbeddingRequest,
     SamplingRequest,
 )
-from chatsmith.serving.scheduler import QueueFull, Scheduler, Ticket
+from chatsmith.serving.scheduler import (
+    FAILED,
+    UNAVAILABLE,
+    EngineDown,
+    QueueFull,
+    Scheduler,
+    Ticket,
+)
 from chatsmith.tokenizer import Tokenizer
+
+# how often a request waiting for tokens checks that the engine is still alive
+HEALTH_POLL_S = 1.0
 
 
 def run_created(run_dir: Path) -> int:
@@ -65,11 +76,17 @@ class Server:
 
     def __init__(self, loaded: LoadedRun, limits: ServeLimits, api_key: str | None):
         limits.validate()
+        if api_key is not None and not api_key.strip():
+            # a blank key would let a bare "Authorization: Bearer" in
+            raise ChatsmithError("the API key is empty: give a real key, or none for no auth")
         self.limits, self.api_key = limits, api_key
         self.tok = loaded.tokenizer
         self.model_id = loaded.name
         self.created = run_created(loaded.path)
         self.context = loaded.cfg.max_seq_len
+        # no token spans more bytes than the longest in the vocabulary (nor more characters),
+        # so a text longer than this cannot fit the context: refused before tokenizing it
+        self.max_prompt_chars = self.context * max(self.tok.bytes_per_token)
         self.arch, self.model, self.width = loaded.cfg.arch, loaded.model, loaded.cfg.d_model
         self.vocab_size = loaded.cfg.vocab_size
         self.engine: Engine | None = None
@@ -87,7 +104,9 @@ class Server:
 
     def start(self) -> None:
         if self.engine is not None and self.scheduler is None:
-            self.scheduler = Scheduler(self.engine, self.limits.max_queue)
+            self.scheduler = Scheduler(
+                self.engine, self.limits.max_queue, self.limits.engine_stall_s
+            )
         if self.engine is None and self.embedder is None:
             self.embedder = EmbeddingBatcher(
                 self.model, self.limits.max_batch, self.limits.max_queue
@@ -100,10 +119,6 @@ class Server:
         if self.embedder is not None:
             self.embedder.close()
             self.embedder = None
-
-    @property
-    def running(self) -> bool:
-        return self.scheduler is not None or self.embedder is not None
 
     def stats(self) -> dict:
         worker = self.scheduler or self.embedder
@@ -120,6 +135,9 @@ class Server:
 
     # ---- request -> prompt and sampling -----------------------------------------------------
 
+    # prompts are tokenized on a worker thread (`run_in_threadpool` in the routes): a long one
+    # must not stall the event loop and with it every stream in flight
+
     def _generative(self) -> None:
         if self.engine is None:
             raise APIError(
@@ -135,6 +153,7 @@ class Server:
             {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
             for m in body.messages
         ]
+        self._check_chars(sum(len(m["content"]) for m in messages), "messages")
         try:
             messages = validate_messages(messages, where="messages")
         except ChatsmithError as e:
@@ -149,11 +168,24 @@ class Server:
     def text_prompts(self, body: CompletionRequest) -> list[list[int]]:
         self._generative()
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        params = ["prompt"] if len(texts) == 1 else [f"prompt[{i}]" for i in range(len(texts))]
+        for text, param in zip(texts, params):
+            self._check_chars(len(text), param)
         start = [] if self.engine.seq2seq else self.tok.doc_start
         prompts = [[*start, *self.tok.encode(t)] for t in texts]
-        for i, ids in enumerate(prompts):
-            self._check_length(ids, "prompt" if len(prompts) == 1 else f"prompt[{i}]")
+        for ids, param in zip(prompts, params):
+            self._check_length(ids, param)
         return prompts
+
+    def _check_chars(self, chars: int, param: str) -> None:
+        if chars > self.max_prompt_chars:
+            raise APIError(
+                400,
+                f"the prompt has {chars} characters, more than this model's context of "
+                f"{self.context} tokens can hold: shorten it",
+                param=param,
+                code="context_length_exceeded",
+            )
 
     def embedding_inputs(self, body: EmbeddingRequest) -> list[list[int]]:
         """Token ids of every input (text as `chatsmith embed` reads it; ids as given)."""
@@ -179,6 +211,7 @@ class Server:
         for i, item in enumerate(raw):
             param = "input" if len(raw) == 1 else f"input[{i}]"
             if isinstance(item, str):
+                self._check_chars(len(item), param)
                 ids = embedding_ids(self.tok, item)
             else:
                 ids = list(item)
@@ -203,7 +236,7 @@ class Server:
         """The (len(seqs), d) embeddings, computed with whatever other requests are waiting."""
         retry = {"Retry-After": str(self.limits.retry_after_s)}
         if self.embedder is None:
-            raise APIError(503, "the server is not running", "server_error", headers=retry)
+            raise self.unavailable("the server is not running")
         try:
             future = self.embedder.submit(seqs)
         except QueueFull as e:
@@ -253,13 +286,27 @@ class Server:
 
     # ---- the scheduler -----------------------------------------------------------------------
 
-    def submit(self, prompts: list[list[int]], params: list[SamplingParams]) -> Ticket:
-        retry = {"Retry-After": str(self.limits.retry_after_s)}
+    def problem(self) -> str | None:
+        """Why requests cannot be answered now; None when the server is healthy."""
+        if self.embedder is not None:  # an encoder run: embeddings have no engine thread
+            return None
         if self.scheduler is None:
-            raise APIError(503, "the server is not running", "server_error", headers=retry)
+            return "the server is not running"
+        return self.scheduler.problem()
+
+    def unavailable(self, message: str) -> APIError:
+        retry = {"Retry-After": str(self.limits.retry_after_s)}
+        return APIError(503, message, "server_error", code="engine_unavailable", headers=retry)
+
+    def submit(self, prompts: list[list[int]], params: list[SamplingParams]) -> Ticket:
+        if self.scheduler is None:
+            raise self.unavailable("the server is not running")
         try:
             return self.scheduler.submit(prompts, params)
+        except EngineDown as e:
+            raise self.unavailable(str(e)) from None
         except QueueFull as e:
+            retry = {"Retry-After": str(self.limits.retry_after_s)}
             raise APIError(
                 429, str(e), "rate_limit_exceeded", code="queue_full", headers=retry
             ) from None
@@ -275,12 +322,14 @@ class Server:
         states = [ChoiceText(self.tok, stops) for _ in ticket.jobs]
         remaining = len(states)
         while remaining:
-            for idx, token, reason in await ticket.events.get():
+            for idx, token, reason in await self._next_events(ticket):
                 st = states[idx]
                 if st.finish is not None:
                     continue
-                if reason is not None and reason.startswith("error:"):
-                    raise APIError(500, reason[len("error:") :], "server_error")
+                if reason is not None and reason.startswith(FAILED):
+                    raise APIError(500, reason[len(FAILED) :], "server_error")
+                if reason is not None and reason.startswith(UNAVAILABLE):
+                    raise self.unavailable(reason[len(UNAVAILABLE) :])
                 piece = "" if token is None else st.push(token)
                 if st.finish is not None:  # a stop string: free the slot now
                     self.cancel(ticket, [idx])
@@ -290,3 +339,17 @@ class Server:
                     yield idx, piece, st
                 if st.finish is not None:
                     remaining -= 1
+
+    async def _next_events(self, ticket: Ticket) -> list:
+        """The ticket's next events; a 503 if the engine dies or gets stuck meanwhile."""
+        getter = asyncio.ensure_future(ticket.events.get())
+        try:
+            while True:
+                done, _ = await asyncio.wait({getter}, timeout=HEALTH_POLL_S)
+                if done:
+                    return getter.result()
+                problem = self.problem()
+                if problem is not None:
+                    raise self.unavailable(problem)
+        finally:
+            getter.cancel()  # no-op once it has finished
