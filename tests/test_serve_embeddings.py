@@ -43,7 +43,7 @@ def post(live, body: dict, key: str = KEY) -> httpx.Response:
     return httpx.post(
         live.url + "/v1/embeddings",
         content=json.dumps(body),
-        headers={"Authorization": f"Bearer {key}"},
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
         timeout=60,
     )
 
