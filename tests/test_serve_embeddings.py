@@ -109,6 +109,12 @@ def test_concurrent_requests_share_forward_passes(live, loaded, client):
     assert after["forward_passes"] - before["forward_passes"] <= 12
 
 
+def test_schema_lists_embeddings_only_for_an_encoder(live, tiny_run):
+    assert "/v1/embeddings" in httpx.get(live.url + "/openapi.json").json()["paths"]
+    app = create_app(load_run(tiny_run, "cpu"), ServeLimits(max_batch=2))
+    assert "/v1/embeddings" not in app.openapi()["paths"]
+
+
 def test_chat_routes_refuse_an_encoder(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])

@@ -84,7 +84,11 @@ async def completions(body: CompletionRequest, request: Request, srv: Server = D
     return await respond(request, srv, ticket, body, sum(map(len, prompts)), COMPLETION)
 
 
-@openai_api.post("/v1/embeddings")
+# its own router: only an encoder run's API schema lists it (other runs answer it with a 400)
+embeddings_api = APIRouter(dependencies=[Depends(authorize)], tags=["openai"])
+
+
+@embeddings_api.post("/v1/embeddings")
 async def embeddings(body: EmbeddingRequest, srv: Server = Depends(server)) -> dict:
     seqs = await run_in_threadpool(srv.embedding_inputs, body)
     vectors = await srv.embed(seqs)
