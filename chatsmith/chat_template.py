@@ -24,7 +24,7 @@ ROLES = ("system", "user", "assistant")
 
 
 class ChatTemplate(Protocol):
-    stop_ids: list[int]  # a reply ends at any of these
+    stop_ids: tuple[int, ...]  # a reply ends at any of these; the first is the end of a turn
 
     def render(
         self, messages: list[dict], add_generation_prompt: bool = False
@@ -82,7 +82,9 @@ class ChatsmithTemplate:
 
     def __init__(self, tok: Tokenizer):
         self.tok = tok
-        self.stop_ids = [tok.end_id, tok.bos_id]
+        # `<|end|>`, or `<|bos|>`: a model that skips the end marker and starts a new
+        # document has finished its reply too
+        self.stop_ids = (tok.end_id, tok.bos_id)
         self._role_ids = {
             "system": tok.system_id,
             "user": tok.user_id,

@@ -9,15 +9,25 @@ A run folder looks like this:
                                RNG, data position)
     RUN/latest                 name of the newest complete checkpoint
 
-A checkpoint is written into a temporary folder and renamed into place, and `latest` is
-replaced atomically afterwards, so a crash at any moment leaves the previous checkpoint whole.
+A checkpoint is written into a temporary folder and renamed to a name no folder has, `latest`
+is then replaced atomically, and only after that are older folders deleted. A folder that
+`latest` names is never touched, so a crash at any instant leaves a loadable checkpoint. When a
+step is saved twice (a final save on a save-every step, or resuming a finished run), the new
+copy gets a revision suffix (`step_N.1`) instead of replacing the folder `latest` names.
+
+Everything read back is checked: JSON types and bounds, `latest` naming a checkpoint inside
+the run, finite weights, and the tokenizer the model was saved with (by fingerprint).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
+from array import array
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,17 +38,52 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from chatsmith.errors import ChatsmithError
 from chatsmith.models import ModelConfig
-from chatsmith.tokenizer import Tokenizer
+from chatsmith.tokenizer import TOKENIZER_FILE, Tokenizer
+from chatsmith.validation import Field, check_record
 
 RUN_FILE = "run.json"
 LATEST_FILE = "latest"
 CHECKPOINTS = "checkpoints"
+CHECKPOINT_NAME = re.compile(r"step_(\d{8,})(?:\.(\d+))?")  # step_N or a revision step_N.R
+STATE_FIELDS = {
+    "step": Field(int, lo=0, hi=10**12),
+    "model_config": Field(dict),
+    "state": Field(dict),
+    "tokenizer_sha256": Field(str, optional=True),  # absent in runs saved before it existed
+}
+RUN_FIELDS = {
+    "stage": Field(str, optional=True),
+    "args": Field(dict, optional=True),
+    "flags": Field(dict, optional=True),
+    "data": Field(dict, optional=True),
+}
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file and rename it over `path`: readers see old or new, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2))
+
+
+def read_json(path: Path, what: str) -> Any:
+    """Parse a run-folder JSON file; any unreadable, non-UTF-8 or malformed file is one error."""
+    try:
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise ChatsmithError(f"{what} {path} is missing") from None
+    except OSError as e:
+        raise ChatsmithError(f"cannot read {what} {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ChatsmithError(
+            f"{what} {path} is corrupt: not UTF-8 (bad byte at offset {e.start})"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise ChatsmithError(f"{what} {path} is corrupt: {e}") from None
 
 
 def _split_tree(tree: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -74,6 +119,25 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise ChatsmithError(f"checkpoint {path} is corrupt or truncated ({e})") from None
 
 
+def _check_finite(tensors: Iterable[tuple[str, torch.Tensor]], path: Path) -> None:
+    """NaN or infinite weights would load fine and then produce garbage: refuse them."""
+    for name, t in tensors:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ChatsmithError(f"checkpoint {path} holds non-finite values (NaN/inf) in {name}")
+
+
+def tokenizer_fingerprint(folder: Path) -> str | None:
+    """sha256 of the folder's tokenizer.json in canonical JSON form (None if there is none),
+    so that re-indenting the file does not change it but any other tokenizer does."""
+    path = Path(folder) / TOKENIZER_FILE
+    if not path.is_file():
+        return None
+    canonical = json.dumps(
+        read_json(path, "tokenizer"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
 @dataclass
 class Checkpoint:
     path: Path
@@ -82,7 +146,23 @@ class Checkpoint:
     state: dict  # training state: optimizer, RNG, data position, ... (tensors restored)
 
     def model_weights(self) -> dict[str, torch.Tensor]:
-        return _load_safetensors(self.path / "model.safetensors")
+        weights = _load_safetensors(self.path / "model.safetensors")
+        _check_finite(weights.items(), self.path)
+        return weights
+
+
+def _step_of(name: str) -> int | None:
+    m = CHECKPOINT_NAME.fullmatch(name)
+    return int(m.group(1)) if m else None
+
+
+def _unused_name(root: Path, step: int) -> str:
+    """step_N, or the first free revision step_N.R when step N was saved before."""
+    name, revision = f"step_{step:08d}", 0
+    while (root / name).exists():
+        revision += 1
+        name = f"step_{step:08d}.{revision}"
+    return name
 
 
 def save_checkpoint(
@@ -104,27 +184,39 @@ def save_weights_checkpoint(
 def _commit_checkpoint(
     run_dir: Path, step: int, cfg: ModelConfig, state: dict, keep_last: int, write_model
 ) -> Path:
-    root = Path(run_dir) / CHECKPOINTS
+    run_dir = Path(run_dir)
+    root = run_dir / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
-    name = f"step_{step:08d}"
-    final, tmp = root / name, root / f".tmp_{name}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    for stale in root.glob(".tmp_*"):  # left by a crash mid-write; `latest` never names one
+        shutil.rmtree(stale, ignore_errors=True)
+    name = _unused_name(root, step)
+    tmp = root / f".tmp_{name}"
     tmp.mkdir()
     write_model(str(tmp / "model.safetensors"))
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _split_tree(state, "s", tensors)
     save_file(tensors, str(tmp / "state.safetensors"))
-    write_json_atomic(
-        tmp / "state.json", {"step": step, "model_config": cfg.to_dict(), "state": skeleton}
-    )
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    (Path(run_dir) / (LATEST_FILE + ".tmp")).write_text(name)
-    os.replace(Path(run_dir) / (LATEST_FILE + ".tmp"), Path(run_dir) / LATEST_FILE)
-    for old in sorted(p for p in root.iterdir() if p.name.startswith("step_"))[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+    meta = {"step": step, "model_config": cfg.to_dict(), "state": skeleton}
+    fingerprint = tokenizer_fingerprint(run_dir)
+    if fingerprint is not None:
+        meta["tokenizer_sha256"] = fingerprint
+    write_json_atomic(tmp / "state.json", meta)
+    final = root / name
+    os.replace(tmp, final)  # `name` is unused, so no checkpoint is replaced here
+    write_text_atomic(run_dir / LATEST_FILE, name)
+    _prune(root, name, keep_last)
     return final
+
+
+def _prune(root: Path, current: str, keep_last: int) -> None:
+    """Delete checkpoints of all but the newest `keep_last` steps, and older copies of the
+    current step; never the one `latest` names (`current`)."""
+    saved = [(step, p) for p in root.iterdir() if (step := _step_of(p.name)) is not None]
+    kept_steps = sorted({step for step, _ in saved})[-keep_last:]
+    current_step = _step_of(current)
+    for step, path in saved:
+        if path.name != current and (step == current_step or step not in kept_steps):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def latest_checkpoint_dir(run_dir: Path) -> Path:
@@ -134,26 +226,43 @@ def latest_checkpoint_dir(run_dir: Path) -> Path:
     latest = run_dir / LATEST_FILE
     if not latest.is_file():
         raise ChatsmithError(f"{run_dir} has no checkpoint yet (no '{LATEST_FILE}' file)")
-    path = run_dir / CHECKPOINTS / latest.read_text().strip()
+    name = latest.read_bytes().decode("utf-8", errors="replace").strip()
+    root = run_dir / CHECKPOINTS
+    path = root / name
+    # only a plain checkpoint name inside this run: `latest` must not lead anywhere else
+    if _step_of(name) is None or path.resolve().parent != root.resolve():
+        raise ChatsmithError(
+            f"{latest} is corrupt: it names {name[:80]!r}, not a checkpoint inside {root}"
+        )
     if not path.is_dir():
         raise ChatsmithError(f"checkpoint {path} named by {latest} is missing")
     return path
 
 
 def load_checkpoint(run_dir: Path, with_state: bool = True) -> Checkpoint:
+    """The run's latest checkpoint, checked; refused if the run's tokenizer.json is not the
+    one the model was saved with."""
     path = latest_checkpoint_dir(run_dir)
+    where = f"checkpoint {path}/state.json"
+    meta = check_record(read_json(path / "state.json", "checkpoint file"), STATE_FIELDS, where)
     try:
-        meta = json.loads((path / "state.json").read_text())
         cfg = ModelConfig.from_dict(meta["model_config"])
-        step = int(meta["step"])
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+    except ChatsmithError as e:
+        raise ChatsmithError(f"{where} is invalid: {e}") from None
+    saved_tok = meta.get("tokenizer_sha256")
+    if saved_tok is not None and tokenizer_fingerprint(run_dir) not in (None, saved_tok):
         raise ChatsmithError(
-            f"checkpoint {path} is corrupt: cannot read state.json ({e})"
-        ) from None
+            f"{Path(run_dir) / TOKENIZER_FILE} is not the tokenizer this model was trained "
+            "with (its fingerprint differs): copy back the run's own tokenizer.json"
+        )
     state = {}
     if with_state:
-        state = _join_tree(meta["state"], _load_safetensors(path / "state.safetensors"))
-    return Checkpoint(path, step, cfg, state)
+        tensors = _load_safetensors(path / "state.safetensors")
+        try:
+            state = _join_tree(meta["state"], tensors)
+        except (KeyError, TypeError, ValueError):
+            raise ChatsmithError(f"{where} does not match state.safetensors") from None
+    return Checkpoint(path, meta["step"], cfg, state)
 
 
 def load_model_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
@@ -171,16 +280,14 @@ def load_model_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
             f"checkpoint {ckpt.path} does not fit its model config "
             f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
         )
+    _check_finite(model.state_dict().items(), ckpt.path)
 
 
 def read_run_info(run_dir: Path) -> dict:
     path = Path(run_dir) / RUN_FILE
     if not path.is_file():
         raise ChatsmithError(f"{run_dir} is not a chatsmith run (no {RUN_FILE})")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ChatsmithError(f"{path} is corrupt ({e})") from None
+    return check_record(read_json(path, "run file"), RUN_FIELDS, str(path))
 
 
 def load_run_tokenizer(run_dir: Path, cfg: ModelConfig) -> Tokenizer:
@@ -193,3 +300,46 @@ def load_run_tokenizer(run_dir: Path, cfg: ModelConfig) -> Tokenizer:
             f"{cfg.vocab_size}: they do not belong together"
         )
     return tok
+
+
+def data_fingerprint(**parts: torch.Tensor | Iterable[Sequence[int]]) -> dict:
+    """Sizes and one sha256 of the tokens a run trains and evaluates on, stored in run.json so
+    that a resume can tell whether the data changed. Each part is a token tensor or a list of
+    token sequences (whose boundaries count too); hashing tokens costs about a second per GB."""
+    h = hashlib.sha256()
+    sizes = {}
+    for name, part in parts.items():
+        h.update(name.encode())
+        seqs = [part] if isinstance(part, torch.Tensor) else part
+        n = 0
+        for seq in seqs:
+            if isinstance(seq, torch.Tensor):
+                kind, data = str(seq.dtype), memoryview(seq.contiguous().numpy()).cast("B")
+            else:
+                kind, data = "int64", memoryview(array("q", seq)).cast("B")
+            h.update(f"{kind}:{len(data)};".encode())
+            h.update(data)
+            n += len(seq)
+        sizes[f"{name}_tokens"] = n
+    return {**sizes, "sha256": h.hexdigest()}
+
+
+def check_data_unchanged(
+    run_dir: Path, fingerprint: dict | None, allow_change: bool, warn=print
+) -> None:
+    """On resume: refuse (or, if allowed, warn) when the data differs from the run's start.
+    Runs saved before fingerprints existed resume as before."""
+    saved = read_run_info(run_dir).get("data")
+    if saved is None or fingerprint is None or saved == fingerprint:
+        return
+
+    def sizes(fp: dict) -> str:
+        return ", ".join(f"{fp[k]} {k.replace('_', ' ')}" for k in sorted(fp) if k != "sha256")
+
+    msg = (
+        f"the data differs from the data {run_dir} started with ({sizes(saved)} then, "
+        f"{sizes(fingerprint)} now), so resuming would not continue the same run"
+    )
+    if not allow_change:
+        raise ChatsmithError(f"{msg}; give --allow-data-change to go on anyway")
+    warn(f"warning: {msg}; going on because of --allow-data-change")

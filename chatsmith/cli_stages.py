@@ -53,11 +53,13 @@ def _config_params(config_cls: type) -> list[inspect.Parameter]:
     return params
 
 
-def _run_params(default_minutes: float) -> list[inspect.Parameter]:
+def _run_params(config_cls: type) -> list[inspect.Parameter]:
+    default_minutes = config_cls.default_minutes
+
     def opt(flag: str, help: str) -> typer.models.OptionInfo:
         return typer.Option(None, flag, help=help)
 
-    return [
+    params = [
         _param(
             "out",
             Optional[Path],
@@ -84,6 +86,11 @@ def _run_params(default_minutes: float) -> list[inspect.Parameter]:
             typer.Option(False, "--json", help="Print the figures as one JSON object."),
         ),
     ]
+    if config_cls.fingerprints_data:  # only a stage whose run.json holds a data fingerprint
+        help = "With --resume: go on (with a warning) if the data changed."
+        flag = typer.Option(False, "--allow-data-change", help=help)
+        params.append(_param("allow_data_change", bool, flag))
+    return params
 
 
 def report(result, as_json: bool, extra: dict | None = None) -> None:
@@ -130,6 +137,7 @@ def stage_command(
                 kw.pop("max_steps"),
                 resolve_device(kw.pop("device")),
                 kw.pop("seed"),
+                kw.pop("allow_data_change", False),
             )
             config = resume_config(config_cls, run, kw)
             reporter = Reporter()
@@ -139,7 +147,7 @@ def stage_command(
             if not as_json:
                 print(next_steps)
 
-        params = _config_params(config_cls) + _run_params(config_cls.default_minutes)
+        params = _config_params(config_cls) + _run_params(config_cls)
         if start is not None:
             arg = typer.Argument(None, help=start[1], metavar=start[0].upper())
             params.insert(

@@ -134,6 +134,9 @@ class PipelineReporter(Reporter):
         self.bar.n = round(self.done + WEIGHTS[self.stage] * min(max(fraction, 0.0), 1.0), 1)
         self.bar.refresh()
 
+    def shows_tool_progress(self) -> bool:
+        return False  # a library's own bars would break the one pipeline bar
+
     def begin(self, name: str, total: int | None, done: int = 0) -> None:
         self.phase(name)
 

@@ -34,6 +34,11 @@ class Reporter:
     def phase(self, name: str) -> None:
         """A stage enters a phase with no steps to count (e.g. training the tokenizer)."""
 
+    def shows_tool_progress(self) -> bool:
+        """Whether a phase may let a library draw its own progress on stderr (the tokenizer
+        trainer's bars); not when quiet, nor for a reporter that shows one bar for all."""
+        return not self.quiet
+
     def begin(self, name: str, total: int | None, done: int = 0) -> None:
         """A loop of steps starts: `total` of them (None: a time budget), `done` already."""
         self.end()

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +39,31 @@ SPECIAL_TOKENS = [BOS, PAD, SYSTEM, USER, ASSISTANT, END, MASK]
 TOKENIZER_FILE = "tokenizer.json"
 CHAT_FORMAT_FILE = "chat_format.json"  # imported runs only: markers and Jinja chat template
 MIN_VOCAB = 256 + len(SPECIAL_TOKENS)
+# BPE training time grows faster than linearly with the length of a pre-tokenized word, so a
+# long run without whitespace (base64, minified code, a DNA string) stalls training for minutes;
+# for training only, such runs are cut into pieces no longer than this
+MAX_TRAIN_RUN = 256
+_LONG_RUN = re.compile(rf"\S{{{MAX_TRAIN_RUN + 1},}}")
+
+
+def bounded_for_training(texts: Iterable[str], counts: dict[str, int]) -> Iterator[str]:
+    """The texts, with every run of more than MAX_TRAIN_RUN non-space characters cut into
+    pieces of at most that length (each piece yielded alone, so no merge spans a cut);
+    counts["cut"] tallies the runs cut."""
+    for text in texts:
+        if len(text) <= MAX_TRAIN_RUN or not _LONG_RUN.search(text):
+            yield text
+            continue
+        start = 0
+        for m in _LONG_RUN.finditer(text):
+            counts["cut"] = counts.get("cut", 0) + 1
+            if m.start() > start:
+                yield text[start : m.start()]
+            run = m.group()
+            yield from (run[i : i + MAX_TRAIN_RUN] for i in range(0, len(run), MAX_TRAIN_RUN))
+            start = m.end()
+        if start < len(text):
+            yield text[start:]
 
 
 def _byte_decoder() -> dict[str, int]:
@@ -119,10 +145,9 @@ class Tokenizer:
 
     @property
     def stop_ids(self) -> tuple[int, ...]:
-        """Tokens that end a chat reply: the run's chat format's (for chatsmith's own
-        tokenizer `<|end|>`, or `<|bos|>`: a model that skips the end marker and starts a new
-        document has finished its reply too)."""
-        return tuple(self.chat.stop_ids)
+        """Tokens that end a chat reply, as the run's chat template names them; the first is
+        the template's own end-of-turn marker."""
+        return self.chat.stop_ids
 
     @property
     def vocab_size(self) -> int:
@@ -198,8 +223,17 @@ class Tokenizer:
             tmp.replace(path)
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int) -> Tokenizer:
-        """Train byte-level BPE on an iterator of documents."""
+    def train(
+        cls,
+        texts: Iterable[str],
+        vocab_size: int,
+        progress: bool = False,
+        notify: Callable[[str], None] | None = None,
+    ) -> Tokenizer:
+        """Train byte-level BPE on an iterator of documents.
+
+        `progress` draws the trainer's progress bars on stderr (in a terminal); `notify`
+        receives notes, e.g. that overlong runs without whitespace were cut for training."""
         if vocab_size < MIN_VOCAB:
             raise ChatsmithError(f"vocab size must be at least {MIN_VOCAB}, got {vocab_size}")
         hf = HFTokenizer(models.BPE())
@@ -209,9 +243,15 @@ class Tokenizer:
             vocab_size=vocab_size,
             special_tokens=SPECIAL_TOKENS,
             initial_alphabet=ByteLevel.alphabet(),
-            show_progress=False,
+            show_progress=progress and sys.stderr.isatty(),  # bars only make sense live
         )
-        hf.train_from_iterator(texts, trainer=trainer)
+        counts: dict[str, int] = {}
+        hf.train_from_iterator(bounded_for_training(texts, counts), trainer=trainer)
+        if counts and notify is not None:
+            notify(
+                f"note: {counts['cut']:,} run(s) of over {MAX_TRAIN_RUN} characters without "
+                f"whitespace were cut into {MAX_TRAIN_RUN}-character pieces for tokenizer training"
+            )
         return cls(hf)
 
     def summary(self) -> dict:

@@ -83,3 +83,20 @@ def test_new_run_gets_stage_defaults(tmp_path):
         resolve_run("sft", 3.0, tmp_path / "new", None, None, None, CPU, None)
     with pytest.raises(ChatsmithError, match="different folders"):
         resolve_run("sft", 3.0, tmp_path / "a", tmp_path / "b", None, None, CPU, None)
+
+
+def test_allow_data_change_is_a_run_option_of_the_stages_that_fingerprint_data(tmp_path):
+    import typer
+
+    from chatsmith.cli import app
+
+    command = typer.main.get_command(app)
+    flags = {
+        name: {opt for p in command.commands[name].params for opt in p.opts}
+        for name in ("pretrain", "sft", "rl")
+    }
+    assert "--allow-data-change" in flags["pretrain"] and "--allow-data-change" in flags["sft"]
+    assert "--allow-data-change" not in flags["rl"]  # RL stores no data fingerprint
+    # asked anew on each resume: run.json does not keep it
+    run = resolve_run("sft", 3.0, tmp_path / "new", None, None, 5, CPU, None, True)
+    assert run.allow_data_change and "allow_data_change" not in run.budget()

@@ -16,6 +16,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from conftest import run_cli, tiny_flags  # noqa: E402
 from tokenizers import Tokenizer as HFTokenizer  # noqa: E402
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
 
@@ -25,7 +26,6 @@ from chatsmith.inference.loading import load_run  # noqa: E402
 from chatsmith.interop.hf_export import export_run  # noqa: E402
 from chatsmith.interop.hf_import import import_hf  # noqa: E402
 from chatsmith.models import KVCache  # noqa: E402
-from tests.conftest import run_cli  # noqa: E402
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -274,11 +274,11 @@ def test_greedy_generation_equal_with_and_without_cache_and_batched(family, hf_f
     assert all(len(e) == 32 for e in expected)
     model = ours.model
     with torch.no_grad():
+        seq = list(batch[-1])  # no cache: the whole sequence every step
+        for _ in range(32):
+            seq.append(int(model(torch.tensor([seq]))[0][0, -1].argmax()))
+        assert seq[len(batch[-1]) :] == expected[-1]
         for p, want in zip(batch, expected):
-            seq = list(p)  # no cache: the whole sequence every step
-            for _ in range(32):
-                seq.append(int(model(torch.tensor([seq]))[0][0, -1].argmax()))
-            assert seq[len(p) :] == want
             cache = KVCache.for_model(model.cfg, 1, "cpu", torch.float32)
             logits, _ = model(torch.tensor([p]), cache=cache, rows=torch.tensor([0]))
             got = []
@@ -346,13 +346,13 @@ def test_sft_mask_on_imported_template_is_the_assistant_reply(family, imported):
 
 
 def test_bits_per_byte_counts_decoded_bytes(imported):
-    for family in ("llama", "mistral"):
-        tok = load_run(imported[family], "cpu").tokenizer
-        text = "Tell me a story about a small robot."
-        ids = tok.encode(text)
-        counted = sum(tok.bytes_per_token[i] for i in ids)
-        # SentencePiece's leading "▁" is a space the decoder strips at the start of a text
-        assert counted - len(text.encode()) in (0, 1 if family == "mistral" else 0)
+    text = "Tell me a story about a small robot."
+    byte_level = load_run(imported["llama"], "cpu").tokenizer
+    assert sum(byte_level.bytes_per_token[i] for i in byte_level.encode(text)) == len(text)
+    # SentencePiece writes the leading space as "▁" too; its decoder drops it at the start
+    sentencepiece = load_run(imported["mistral"], "cpu").tokenizer
+    ids = sentencepiece.encode(text)
+    assert b"".join(sentencepiece.token_bytes(i) for i in ids) == b" " + text.encode()
 
 
 # -- export ---------------------------------------------------------------------------------
@@ -404,28 +404,22 @@ def test_exported_chat_template_gives_our_ids_and_assistant_mask(tmp_path):
     out, _ = export_run(run, tmp_path / "hf")
     ours = load_run(run, "cpu").tokenizer
     theirs = transformers.AutoTokenizer.from_pretrained(out)
-    conversation = [
-        {"role": "system", "content": "Be brief."},
-        *MESSAGES,
-        {"role": "assistant", "content": "Four. <|end|> typed text stays text"},
-    ]
+    conversation = [{"role": "system", "content": "Be brief."}, *MESSAGES]
+    conversation.append({"role": "assistant", "content": "Four, as asked."})
     got = theirs.apply_chat_template(
         conversation, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
     )
     ids, mask = ours.chat.render(conversation)
-    typed_end = ours.encode(" <|end|> typed")
-    if typed_end == theirs.encode(" <|end|> typed", add_special_tokens=False):
-        assert got["input_ids"] == ids  # cannot differ then
-    # transformers turns the typed marker into the special token; ours keeps it as text: the
-    # README says so. Everything up to that reply agrees, mask included.
-    cut = len(ours.chat.render(conversation[:-1])[0])
-    assert got["input_ids"][:cut] == ids[:cut]
-    assert got["assistant_masks"][:cut] == mask[:cut]
-    assert sum(mask[:cut]) > 0
+    assert got["input_ids"] == ids
+    assert got["assistant_masks"] == mask and sum(mask) > 0
     assert hf_chat_prompt(theirs, MESSAGES) == ours.chat.render_prompt(MESSAGES)
+    # the one documented difference: transformers turns a typed marker into the special token
+    typed = "a typed <|end|> marker"
+    assert ours.end_id in theirs.encode(typed, add_special_tokens=False)
+    assert ours.end_id not in ours.encode(typed)
 
 
-@pytest.mark.parametrize("family", ["qwen2", "qwen3", "mistral"])
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_imported_model_exports_back_loadable(family, imported, hf_folders, tmp_path):
     out = tmp_path / "back"
     export_run(imported[family], out)
@@ -512,7 +506,7 @@ def test_bad_input_via_the_cli_is_one_error_line(case, hf_folders, tmp_path):
     assert not out.exists()
 
 
-def test_cli_import_then_generate_and_chat(hf_folders, tmp_path):
+def test_cli_import_then_chat_with_the_model_template(hf_folders, tmp_path):
     out = tmp_path / "run"
     result = run_cli("import", str(hf_folders["qwen3"]), "--out", str(out), "--max-seq-len", "64")
     assert result.returncode == 0, result.stderr
@@ -525,7 +519,7 @@ def test_cli_import_then_generate_and_chat(hf_folders, tmp_path):
 
 def test_imported_model_fine_tunes_with_its_own_template_then_rl(imported, tmp_path):
     from chatsmith.reporting import Reporter
-    from chatsmith.training.config import RLConfig, RunConfig, SFTConfig
+    from chatsmith.training.config import RLConfig, SFTConfig
     from chatsmith.training.rl import rl
     from chatsmith.training.sft import build_examples, sft
 
@@ -543,7 +537,6 @@ def test_imported_model_fine_tunes_with_its_own_template_then_rl(imported, tmp_p
     for _, y in build_examples(tok, chats[:2], 256):  # learned: the reply and its <|im_end|>
         learned = tok.hf.decode([t for t in y if t >= 0], skip_special_tokens=False)
         assert learned in {c[1]["content"] + "<|im_end|>" for c in chats}
-    cpu = torch.device("cpu")
     config = SFTConfig(
         base_run=str(base),
         data=str(data),
@@ -552,11 +545,7 @@ def test_imported_model_fine_tunes_with_its_own_template_then_rl(imported, tmp_p
         eval_every=1000,
         save_every=10,
     )
-    sft(
-        config,
-        RunConfig(out=tmp_path / "sft", max_steps=2, device=cpu, seed=1),
-        Reporter(quiet=True),
-    )
+    sft(config, tiny_flags(tmp_path / "sft", 2, seed=1), Reporter(quiet=True))
     assert (tmp_path / "sft" / "chat_format.json").is_file()
     task = tmp_path / "task.py"
     task.write_text(
@@ -574,10 +563,9 @@ def test_imported_model_fine_tunes_with_its_own_template_then_rl(imported, tmp_p
         max_new_tokens=4,
         eval_prompts=2,
     )
-    run = RunConfig(out=tmp_path / "rl", max_steps=1, device=cpu, seed=1)
-    assert rl(config, run, Reporter(quiet=True)).step == 1
+    assert rl(config, tiny_flags(tmp_path / "rl", 1, seed=1), Reporter(quiet=True)).step == 1
     after = load_run(tmp_path / "rl", "cpu")
-    assert after.tokenizer.chat.stop_ids == tok.chat.stop_ids
+    assert after.tokenizer.stop_ids == tok.stop_ids
     assert after.tokenizer.chat.render_prompt(MESSAGES) == tok.chat.render_prompt(MESSAGES)
 
 
@@ -620,3 +608,43 @@ def test_bits_per_byte_of_an_imported_model_match_transformers_loss(
     assert score.loss == pytest.approx(loss, abs=1e-4)
     decoded = sum(run.tokenizer.bytes_per_token[i] for i in ids[1:])
     assert score.bytes == decoded
+
+
+def test_sentencepiece_byte_fallback_tokens_count_their_byte():
+    from chatsmith.tokenizer import Tokenizer
+
+    vocab = {"<unk>": 0, "</s>": 1, "<0x0A>": 2, "▁hi": 3, "▁": 4, "h": 5, "i": 6, "▁h": 7}
+    hf = HFTokenizer(models.BPE(vocab=vocab, merges=[("▁", "h"), ("▁h", "i")], byte_fallback=True))
+    hf.add_special_tokens(["</s>"])
+    hf.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
+    hf.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    tok = Tokenizer(hf, {"eos_token": "</s>"})
+    ids = tok.encode("hi\n")
+    assert ids == [3, 2]
+    assert [tok.token_bytes(i) for i in ids] == [b" hi", b"\n"]
+    assert tok.token_bytes(1) == b"" and tok.token_bytes(10_000) == b""
+
+
+def test_generation_blocks_of_an_imported_template_set_the_mask(hf_folders, tmp_path):
+    folder = tmp_path / "hf"
+    shutil.copytree(hf_folders["qwen2"], folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["chat_template"] = (
+        "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+        "{% if message['role'] == 'assistant' %}{% generation %}"
+        "{{ message['content'] }}<|im_end|>{% endgeneration %}\n"
+        "{% else %}{{ message['content'] }}<|im_end|>\n{% endif %}{% endfor %}"
+    )
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    tok = load_run(import_hf(str(folder), tmp_path / "run").out, "cpu").tokenizer
+    conversation = [*MESSAGES, {"role": "assistant", "content": "Four."}]
+    theirs = transformers.AutoTokenizer.from_pretrained(folder).apply_chat_template(
+        conversation, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    ids, mask = tok.chat.render(conversation)
+    assert ids == theirs["input_ids"] and mask == theirs["assistant_masks"]
+    assert tok.hf.decode([t for t, m in zip(ids, mask) if m], skip_special_tokens=False) == (
+        MESSAGES[1]["content"] + "<|im_end|>" + "Four.<|im_end|>"
+    )

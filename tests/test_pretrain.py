@@ -78,6 +78,13 @@ def test_tokenizer_that_does_not_match_the_model(tiny_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     Tokenizer.train(["some other text"] * 10, vocab_size=300).save(run)
+    with pytest.raises(ChatsmithError, match="not the tokenizer this model was trained with"):
+        load_run(run, "cpu")
+    # a run saved before tokenizer fingerprints existed still gets the vocabulary check
+    state = latest_checkpoint_dir(run) / "state.json"
+    meta = json.loads(state.read_text())
+    del meta["tokenizer_sha256"]
+    state.write_text(json.dumps(meta))
     with pytest.raises(ChatsmithError, match="do not belong together"):
         load_run(run, "cpu")
 

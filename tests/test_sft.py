@@ -11,7 +11,7 @@ import torch
 from conftest import run_cli, tiny_flags
 
 from chatsmith.chat_template import render
-from chatsmith.checkpoint import load_checkpoint
+from chatsmith.checkpoint import latest_checkpoint_dir, load_checkpoint
 from chatsmith.data import chitchat
 from chatsmith.data.conversations import load_conversations, train_val_conversations
 from chatsmith.errors import ChatsmithError
@@ -124,7 +124,9 @@ def test_other_bad_sources(tmp_path):
     (tmp_path / "data.txt").write_text("hello")
     with pytest.raises(ChatsmithError, match="must be .jsonl"):
         load_conversations(tmp_path / "data.txt")
-    (tmp_path / "latin1.jsonl").write_bytes(b'{"messages": []}\n\xff\xfe\n')
+    # records are read as a stream: the bad bytes are reported when reading reaches them
+    good = json.dumps({"messages": GOOD}).encode()
+    (tmp_path / "latin1.jsonl").write_bytes(good + b"\n\xff\xfe\n")
     with pytest.raises(ChatsmithError, match=r"latin1.jsonl:2: not UTF-8"):
         load_conversations(tmp_path / "latin1.jsonl")
     empty_dir = tmp_path / "nothing"
@@ -270,6 +272,11 @@ def test_base_run_missing_or_without_chat_markers(tiny_run, chat_data, tmp_path)
         ["hello world"] * 10, trainers.BpeTrainer(vocab_size=300, show_progress=False)
     )
     hf.save(str(broken / "tokenizer.json"))
+    # saved before tokenizer fingerprints existed (with one, the swapped file is refused first)
+    state = latest_checkpoint_dir(broken) / "state.json"
+    meta = json.loads(state.read_text())
+    del meta["tokenizer_sha256"]
+    state.write_text(json.dumps(meta))
     with pytest.raises(ChatsmithError, match=r"cannot be fine-tuned for chat: .*lacks the special"):
         sft(sft_args(broken, chat_data), tiny_flags(tmp_path / "y", 2), Reporter(quiet=True))
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from chatsmith.chat_template import validate_messages
 from chatsmith.data import chitchat
-from chatsmith.data.sources import stream_hf
+from chatsmith.data.sources import stream_hf, utf8_lines
 from chatsmith.data.splits import split_tail
 from chatsmith.errors import ChatsmithError
 
@@ -50,18 +50,7 @@ def _record_messages(record: object, where: str) -> list[dict]:
 
 
 def _jsonl_conversations(path: Path) -> Iterator[list[dict]]:
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise ChatsmithError(f"cannot read {path}: {e.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise ChatsmithError(
-            f"{path}:{line}: not UTF-8 text (bad byte at offset {e.start})"
-        ) from None
-    for n, line in enumerate(text.splitlines(), start=1):
+    for n, line in utf8_lines(path):
         if not line.strip():
             continue
         where = f"{path}:{n}"

@@ -25,7 +25,7 @@ def tokenize_documents(
         nonlocal total
         for ids in tok.encode_batch(chunk):
             parts.append(torch.tensor([*tok.doc_start, *ids], dtype=torch.int32))
-            total += len(ids) + 1
+            total += len(parts[-1])
         chunk.clear()
 
     for doc in docs:

@@ -43,7 +43,7 @@ class ChatSession:
     last_finish: str | None = None
 
     def __post_init__(self) -> None:
-        if self.tokenizer.chat.stop_ids[0] not in self.engine.stop_ids:
+        if self.tokenizer.stop_ids[0] not in self.engine.stop_ids:
             raise ChatsmithError("the engine must stop at the chat template's end marker to chat")
         if self.system is not None:
             self.set_system(self.system)

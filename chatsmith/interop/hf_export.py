@@ -39,7 +39,7 @@ def export_run(run: str | Path, out: str | Path, to: str = "hf") -> tuple[Path, 
         raise ChatsmithError(f"{out} already exists and is not empty")
     tok = load_run_tokenizer(run, cfg)
     weights = to_hf(ckpt.model_weights(), cfg)
-    stops = list(tok.chat.stop_ids)
+    stops = list(tok.stop_ids)
     special = {"bos_token_id": tok.bos_id, "eos_token_id": stops, "pad_token_id": tok.pad_id}
     config = hf_config_from_model(cfg, special)
     config["torch_dtype"] = str(next(iter(weights.values())).dtype).removeprefix("torch.")

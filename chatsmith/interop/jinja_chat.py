@@ -110,8 +110,7 @@ class JinjaTemplate:
             for k in ("bos_token", "eos_token", "pad_token", "unk_token")
             if chat_format.get(k) is not None
         }
-        stops = list(chat_format.get("stop_token_ids") or [])
-        self.stop_ids = stops or [tok.end_id]
+        self.stop_ids = tuple(chat_format.get("stop_token_ids") or [tok.end_id])
         specials = sorted((tok.hf.id_to_token(i) for i in tok.special_ids), key=len, reverse=True)
         self.marker_ids = {s: tok.hf.token_to_id(s) for s in specials}
         self.escaped = [ESC, *specials]
@@ -131,8 +130,9 @@ class JinjaTemplate:
         """Original text and, per character of it, its index in `text`."""
         out, where, i = [], [], 0
         while i < len(text):
-            if text[i] == ESC and i + 1 < len(text):
-                original = self.escaped[ord(text[i + 1]) - ESC_BASE]
+            k = ord(text[i + 1]) - ESC_BASE if text[i] == ESC and i + 1 < len(text) else -1
+            if 0 <= k < len(self.escaped):
+                original = self.escaped[k]
                 out.append(original)
                 where += [i] * len(original)
                 i += 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from chatsmith.errors import ChatsmithError
+from chatsmith.validation import Field, check_record
 
 ARCHITECTURES = ("decoder", "encoder", "encoder_decoder")
 NORMS = ("rms", "layer")
@@ -44,6 +45,7 @@ class ModelConfig:
     bias: bool = False  # biases on every linear layer (qkv_bias alone: only q/k/v)
 
     def __post_init__(self) -> None:
+        check_record(asdict(self), _FIELDS, "model config")
         if self.d_ff == 0 and self.mlp == "gelu":
             object.__setattr__(self, "d_ff", 4 * self.d_model)
         elif self.d_ff == 0:
@@ -52,6 +54,7 @@ class ModelConfig:
         self.validate()
 
     def validate(self) -> None:
+        check_record(self.to_dict(), _FIELDS, "model config")
         if self.arch not in ARCHITECTURES:
             raise ChatsmithError(f"unknown architecture {self.arch!r}; choose from {ARCHITECTURES}")
         for name in ("vocab_size", "n_layer", "n_head", "n_kv_head", "d_model", "max_seq_len"):
@@ -76,8 +79,6 @@ class ModelConfig:
             raise ChatsmithError(f"head size {self.head_dim} must be even for rotary positions")
         if self.norm_eps <= 0:
             raise ChatsmithError(f"norm_eps must be positive, got {self.norm_eps}")
-        if self.token_types < 0:
-            raise ChatsmithError(f"token_types must be >= 0, got {self.token_types}")
         kind = (self.rope_scaling or {}).get("rope_type")
         if self.rope_scaling is not None and kind not in ROPE_SCALINGS:
             raise ChatsmithError(
@@ -93,11 +94,33 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
+        check_record(d, {}, "model config")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ChatsmithError(f"unknown model config fields {sorted(unknown)}")
         return cls(**d)
+
+
+# Upper bounds keep a damaged or hand-edited config from allocating the machine away (the
+# rotary table and KV cache grow with max_seq_len); they sit far above every preset.
+_LIMITS = {
+    "vocab_size": 1 << 20,
+    "n_layer": 1024,
+    "n_head": 1024,
+    "n_kv_head": 1024,
+    "d_model": 1 << 16,
+    "d_ff": 1 << 18,
+    "max_seq_len": 1 << 17,
+    "n_decoder_layer": 1024,
+    "token_types": 1024,
+}
+# each field's kind is that of its default (int, float, bool or str)
+_FIELDS = {
+    f.name: Field(type(f.default), lo=0 if f.name in _LIMITS else None, hi=_LIMITS.get(f.name))
+    for f in fields(ModelConfig)
+}
+_FIELDS["rope_theta"] = Field(float, lo=1.0)
 
 
 # width = 64 x depth and 64-wide heads, the nanochat-style single dial; presets name common points.

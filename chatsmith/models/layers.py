@@ -83,8 +83,9 @@ def final_norm(cfg: ModelConfig) -> nn.Module:
 class Rotary(nn.Module):
     """Rotary position embedding: rotates query/key channel pairs by position-dependent angles.
 
-    The cos/sin tables stay float32 whatever dtype the model is cast to (as transformers keeps
-    them): rounding the angles of late positions to bf16 would shift every rotation.
+    The cos/sin tables stay float32 whatever dtype the model is cast to, as transformers keeps
+    them: a bf16 model rounds them where they are used (as transformers does), and a model cast
+    to bf16 and back to float32 still rotates by the exact angles.
     """
 
     def __init__(self, head_dim: int, max_seq_len: int, theta: float, scaling: dict | None = None):

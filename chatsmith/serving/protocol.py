@@ -117,6 +117,7 @@ def error_body(
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+NonEmptyText = Annotated[Text, Field(min_length=1)]
 TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
 
@@ -124,10 +125,10 @@ class EmbeddingRequest(BaseModel):
     """`POST /v1/embeddings`: text or token ids, one input or a list of them."""
 
     model_config = ConfigDict(extra="ignore")
-    model: str | None = Field(None, description="Any name is accepted; the loaded model answers.")
+    model: Text | None = Field(None, description="Any name is accepted; the loaded model answers.")
     input: (
-        Annotated[str, Field(min_length=1)]
-        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=2048)]
+        NonEmptyText
+        | Annotated[list[NonEmptyText], Field(min_length=1, max_length=2048)]
         | TokenIds
         | Annotated[list[TokenIds], Field(min_length=1, max_length=2048)]
     )

@@ -91,10 +91,11 @@ class Server:
         self.vocab_size = loaded.cfg.vocab_size
         self.engine: Engine | None = None
         if self.arch != "encoder":  # an encoder embeds; it has no engine to generate with
-            # every special token ends a reply: a marker can never show up as reply text
+            # every special token ends a reply: a marker can never show up as reply text; so do
+            # the template's stop ids (an imported model's may be ordinary tokens)
             self.engine = Engine(
                 loaded.model,
-                stop_ids=sorted(self.tok.special_ids | set(self.tok.chat.stop_ids)),
+                stop_ids=sorted(self.tok.special_ids | set(self.tok.stop_ids)),
                 max_batch=limits.max_batch,
                 cuda_graph=True,
                 start_id=self.tok.bos_id,

@@ -59,6 +59,9 @@ class RunConfig:
     max_steps: int | None = None
     device: torch.device = field(default_factory=lambda: _cpu())
     seed: int = DEFAULT_SEED
+    # resume even if the data's fingerprint differs (with a warning); asked anew each time,
+    # so run.json does not keep it
+    allow_data_change: bool = False
 
     def budget(self) -> dict:
         """What run.json keeps of these settings (read back on --resume)."""
@@ -70,6 +73,8 @@ class TrainConfig:
     """What the training loop reads; stage configs extend it."""
 
     default_minutes: ClassVar[float] = 5.0  # the time budget when none is given
+    # whether the stage stores a fingerprint of its data (then --allow-data-change exists)
+    fingerprints_data: ClassVar[bool] = False
     batch_size: int = option(16, "Sequences per micro-batch.")
     grad_accum: int = option(1, "Micro-batches per optimizer step.")
     lr: float = option(3e-3, "Peak learning rate.")
@@ -106,6 +111,7 @@ class PretrainConfig(TrainConfig):
         "Learn a sequence-to-sequence task instead of text: chitchat-reply, arithmetic or a "
         '.jsonl of {"source", "target"} lines.',
     )
+    fingerprints_data: ClassVar[bool] = True
     data: str = option(
         BUILTIN_NAME,
         "Text file, folder, .jsonl (text field), .parquet, hf:NAME[:split] or the built-in corpus",
@@ -132,6 +138,7 @@ class SFTConfig(TrainConfig):
     """`chatsmith sft`: chat fine-tuning of a pretrained run."""
 
     default_minutes: ClassVar[float] = 3.0
+    fingerprints_data: ClassVar[bool] = True
     base_run: str | None = None  # the command's argument
     data: str | None = option(
         None,
@@ -216,6 +223,7 @@ def resolve_run(
     max_steps: int | None,
     device: torch.device,
     seed: int | None,
+    allow_data_change: bool = False,
 ) -> RunConfig:
     """The shared run settings; on --resume the run's own settings win unless given again."""
     from chatsmith.checkpoint import read_run_info
@@ -240,6 +248,7 @@ def resolve_run(
         max_steps=max_steps,
         device=device,
         seed=seed if seed is not None else saved.get("seed", DEFAULT_SEED),
+        allow_data_change=allow_data_change,
     )
 
 

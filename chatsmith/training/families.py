@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from chatsmith.checkpoint import data_fingerprint
 from chatsmith.data.chitchat import BUILTIN_NAME
 from chatsmith.data.seq2seq import get_seq2seq_task, pair_ids
 from chatsmith.data.tokens import TokenWindows
@@ -37,7 +38,8 @@ def check_family(config: PretrainConfig) -> None:
 
 def task_objective(
     config: PretrainConfig, tok: Tokenizer, seq_len: int, seed: int, device: torch.device
-) -> tuple[Seq2Seq, str]:
+) -> tuple[Seq2Seq, str, dict]:
+    """The seq2seq objective on a task's pairs, a summary line and the pairs' fingerprint."""
     task = get_seq2seq_task(config.task)
     train_pairs = pair_ids(tok, task.pairs("train"), seq_len)
     val_pairs = pair_ids(tok, task.pairs("val"), seq_len)
@@ -54,10 +56,14 @@ def task_objective(
         seed,
         sep_id=tok.assistant_id if decoder_only else None,
     )
-    return (
-        objective,
-        f"data: task {task.name}, {len(train_pairs):,} pairs, {len(val_pairs):,} held out",
+    summary = f"data: task {task.name}, {len(train_pairs):,} pairs, {len(val_pairs):,} held out"
+    fingerprint = data_fingerprint(
+        train_source=[s for s, _ in train_pairs],
+        train_target=[t for _, t in train_pairs],
+        val_source=[s for s, _ in val_pairs],
+        val_target=[t for _, t in val_pairs],
     )
+    return objective, summary, fingerprint
 
 
 def masked_objective(

@@ -19,6 +19,7 @@ from torch import nn
 
 from chatsmith.checkpoint import (
     RUN_FILE,
+    check_data_unchanged,
     load_checkpoint,
     load_model_weights,
     save_checkpoint,
@@ -31,6 +32,7 @@ from chatsmith.runtime import autocast, configure_cuda, rng_state, set_rng_state
 from chatsmith.training.config import RunConfig, TrainConfig
 from chatsmith.training.metrics import MetricsLog, OverfitWatch, plot_curves
 from chatsmith.training.optim import build_optimizers, lr_factor, set_lr
+from chatsmith.validation import Field, check_record
 
 
 class Objective(Protocol):
@@ -53,6 +55,16 @@ class Objective(Protocol):
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
+
+
+# what `checkpoint()` below saves besides the model, checked when a run resumes
+TRAIN_STATE = {
+    "optimizers": Field(list),
+    "objective": Field(dict),
+    "rng": Field(dict),
+    "elapsed": Field(float, lo=0),
+    "tokens": Field(int, lo=0),
+}
 
 
 @dataclass
@@ -111,9 +123,19 @@ class Trainer:
         self.loss_window: list[float] = []
         self.smooth_loss = self.last_loss = math.nan
 
-    def restore(self) -> None:
-        """Continue from the run folder's latest checkpoint (exact resume)."""
+    def restore(self, data: dict | None = None) -> None:
+        """Continue from the run folder's latest checkpoint (exact resume). `data` is the
+        fingerprint of the data the stage loaded now: a change since the run started is
+        refused unless the run allows it (then a warning)."""
+        check_data_unchanged(self.run_dir, data, self.run.allow_data_change, self.reporter.say)
         ckpt = load_checkpoint(self.run_dir)
+        check_record(ckpt.state, TRAIN_STATE, f"checkpoint {ckpt.path} training state")
+        if len(ckpt.state["optimizers"]) != len(self.optimizers):
+            raise ChatsmithError(
+                f"checkpoint {ckpt.path} holds {len(ckpt.state['optimizers'])} optimizer "
+                f"states but --optimizer {self.config.optimizer} uses {len(self.optimizers)}: "
+                "resume with the optimizer the run started with"
+            )
         load_model_weights(self.model, ckpt)
         for opt, sd in zip(self.optimizers, ckpt.state["optimizers"]):
             opt.load_state_dict(sd)
@@ -249,7 +271,7 @@ def train(
     model.to(run.device)
     trainer = Trainer(model, cfg, objective, config, run, reporter or Reporter())
     if run.resume:
-        trainer.restore()
+        trainer.restore(run_info.get("data"))
     else:
         info = {**run_info, "model": cfg.to_dict(), "train": asdict(config)}
         write_json_atomic(Path(run.out) / RUN_FILE, info)

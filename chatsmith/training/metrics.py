@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from chatsmith.checkpoint import write_text_atomic
+from chatsmith.errors import ChatsmithError
+from chatsmith.validation import Field, check_record
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -16,7 +20,7 @@ class MetricsLog:
         if resume_step and self.path.exists():
             # drop records written after the checkpoint we resume from, so the curve has no repeats
             kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         elif not resume_step:
             self.path.write_text("")
 
@@ -26,7 +30,25 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The records of a metrics log. A last line cut short (a crash mid-write) is dropped;
+    damage anywhere else is an error."""
+    lines = [
+        (n, line)
+        for n, line in enumerate(Path(path).read_bytes().decode("utf-8", "replace").splitlines(), 1)
+        if line.strip()
+    ]
+    records = []
+    for i, (n, line) in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise ChatsmithError(
+                f"{path}:{n} is not a JSON record: the metrics log is damaged"
+            ) from None
+        records.append(check_record(record, {"step": Field(float, optional=True)}, f"{path}:{n}"))
+    return records
 
 
 class OverfitWatch:

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from chatsmith.checkpoint import data_fingerprint
 from chatsmith.data import chitchat
 from chatsmith.data.seq2seq import get_seq2seq_task
 from chatsmith.data.sources import iter_documents
@@ -147,17 +148,24 @@ def pretrain(
         reporter.say(
             f"training a {config.vocab_size}-token BPE tokenizer on {len(train_docs):,} documents"
         )
-        tok = Tokenizer.train(train_docs, config.vocab_size)
+        tok = Tokenizer.train(
+            train_docs,
+            config.vocab_size,
+            progress=reporter.shows_tool_progress(),
+            notify=reporter.say,
+        )
         tok.save(out)
     cfg = model_config(config, tok.vocab_size)
     model = build_model(cfg)
     if config.task:
-        objective, summary = task_objective(config, tok, cfg.max_seq_len, run.seed, run.device)
+        objective, summary, data = task_objective(
+            config, tok, cfg.max_seq_len, run.seed, run.device
+        )
     else:
-        objective, summary = text_objective(config, cfg, tok, train_docs, val_docs, run)
+        objective, summary, data = text_objective(config, cfg, tok, train_docs, val_docs, run)
     reporter.say(summary)
     reporter.say(format_card(model_card(cfg, model)))
-    info = {"stage": "pretrain", "args": asdict(config), "flags": run.budget()}
+    info = {"stage": "pretrain", "args": asdict(config), "flags": run.budget(), "data": data}
     return train(model, cfg, objective, config, run, info, reporter)
 
 
@@ -168,8 +176,9 @@ def text_objective(
     train_docs: list[str],
     val_docs: list[str] | None,
     run: RunConfig,
-) -> tuple[LanguageModeling | MaskedLM, str]:
-    """Next-token prediction (decoder) or masked-LM (encoder) on tokenized documents."""
+) -> tuple[LanguageModeling | MaskedLM, str, dict]:
+    """Next-token prediction (decoder) or masked-LM (encoder) on tokenized documents, a
+    summary line and the data's fingerprint."""
     train_tokens = tokenize_documents(tok, train_docs)
     if val_docs is None:
         train_tokens, val_tokens = split_tail(train_tokens)
@@ -182,4 +191,4 @@ def text_objective(
     objective = make(
         train_tokens, val_tokens, tok, cfg.max_seq_len, config.batch_size, run.seed, run.device
     )
-    return objective, summary
+    return objective, summary, data_fingerprint(train=train_tokens, val=val_tokens)

@@ -189,7 +189,7 @@ class GroupRelativeObjective:
                     errors += 1
                     self._log_error(p, reply, err)
                 row.append(r)
-                # the stop token was an action too; the engine ends on <|end|> or <|bos|>
+                # the stop token was an action too (one of the template's stop ids)
                 tail = [g.stop_token] if g.stop_token is not None else []
                 seqs.append((p_ids, g.tokens + tail))
             rewards.append(row)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from chatsmith.chat_template import render, validate_messages
+from chatsmith.checkpoint import data_fingerprint
 from chatsmith.data.batching import EpochOrder, pad_right
 from chatsmith.data.conversations import train_val_conversations
 from chatsmith.data.tasks import get_task
@@ -210,5 +211,9 @@ def sft(config: SFTConfig, run: RunConfig, reporter: Reporter | None = None) -> 
         "flags": run.budget(),
         "base_run": base_run,
         "base_step": base_step,
+        "data": data_fingerprint(
+            train=[seq for ex in train_examples for seq in ex],
+            val=[seq for ex in val_examples for seq in ex],
+        ),
     }
     return train(start.model, cfg, objective, config, run, info, reporter)
