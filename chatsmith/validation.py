@@ -21,7 +21,7 @@ class Field:
     kind: type  # int, float, str, bool, dict or list
     lo: float | None = None
     hi: float | None = None
-    optional: bool = False
+    optional: bool = False  # may be missing or null
 
 
 def _has_kind(value: Any, kind: type) -> bool:
@@ -43,6 +43,8 @@ def check_record(record: Any, spec: dict[str, Field], where: str) -> dict:
                 continue
             raise ChatsmithError(f"{where}: '{name}' is missing")
         value = record[name]
+        if value is None and f.optional:
+            continue
         if not _has_kind(value, f.kind):
             raise ChatsmithError(
                 f"{where}: '{name}' must be {_KIND_NAMES[f.kind]}, got {_show(value)}"

@@ -121,6 +121,7 @@ _FIELDS = {
     for f in fields(ModelConfig)
 }
 _FIELDS["rope_theta"] = Field(float, lo=1.0)
+_FIELDS["rope_scaling"] = Field(dict, optional=True)
 
 
 # width = 64 x depth and 64-wide heads, the nanochat-style single dial; presets name common points.
