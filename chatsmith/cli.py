@@ -41,11 +41,18 @@ def say(msg: str) -> None:
 
 @stage_command(app, PretrainConfig, scale=True)
 def pretrain(config, run, reporter):
-    """Train a BPE tokenizer and a GPT from scratch on raw text, or a GPT on token shards."""
+    """Train a BPE tokenizer and a model from scratch (a GPT on raw text by default), or a
+    GPT on token shards."""
     from chatsmith.training.pretrain import pretrain as run_pretrain
 
     result = run_pretrain(config, run, reporter)
-    return result, None, f'next: chatsmith generate {result.run_dir} --prompt "Hi, how are you?"'
+    return result, None, next_step(config.arch, result.run_dir)
+
+
+def next_step(arch: str, run: Path) -> str:
+    if arch == "encoder":
+        return f'next: chatsmith embed {run} --text "Hi, how are you?"'
+    return f'next: chatsmith generate {run} --prompt "Hi, how are you?"'
 
 
 def _load(run: Path, device: str):
@@ -74,9 +81,14 @@ def generate(
     from chatsmith.inference.streaming import TextStream
 
     loaded = _load(run, device)
+    engine = loaded.engine()
     tok = loaded.tokenizer
     ids = [*tok.doc_start, *tok.encode(prompt)]
     keep = loaded.cfg.max_seq_len - min(max_tokens, loaded.cfg.max_seq_len // 2)
+    if engine.seq2seq:  # an encoder-decoder answers its source: the prompt is not continued
+        if not prompt.strip():
+            raise ChatsmithError(f"{run} is an encoder-decoder: give the source with --prompt")
+        ids, keep = tok.encode(prompt), loaded.cfg.max_seq_len
     if len(ids) > keep:
         say(
             f"note: the prompt has {len(ids)} tokens; keeping its last {keep} so the reply fits "
@@ -87,11 +99,49 @@ def generate(
         max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
     )
     stream = TextStream(tok)
-    sys.stdout.write(prompt)
-    for token in loaded.engine().generate(ids, params):
+    sys.stdout.write("" if engine.seq2seq else prompt)
+    for token in engine.generate(ids, params):
         sys.stdout.write(stream.push(token))
         sys.stdout.flush()
     sys.stdout.write(stream.flush() + "\n")
+
+
+@app.command()
+def embed(
+    run: Path = RunArg,
+    text: Optional[list[str]] = typer.Option(
+        None, "--text", "-t", help="A text to embed (repeat for several)."
+    ),
+    file: Optional[Path] = typer.Option(None, "--file", help="Embed every non-blank line."),
+    batch_size: int = typer.Option(32, help="Texts embedded at once."),
+    device: str = DeviceOpt,
+    as_json: bool = typer.Option(
+        False, "--json", help="Print one JSON object with every text and its vector."
+    ),
+) -> None:
+    """Sentence embeddings from an encoder run: mean of the token states, unit length.
+
+    Without --json, one line per text: its vector's numbers separated by spaces."""
+    from chatsmith.inference.embeddings import embed_texts, read_inputs
+
+    texts = read_inputs(text, None if file is None else str(file))
+    loaded = _load(run, device)
+    vectors, tokens = embed_texts(loaded, texts, batch_size)
+    if as_json:
+        rows = [{"text": t, "embedding": v} for t, v in zip(texts, vectors.tolist())]
+        print(
+            json.dumps(
+                {
+                    "model": loaded.name,
+                    "dimensions": vectors.size(1),
+                    "tokens": tokens,
+                    "data": rows,
+                }
+            )
+        )
+        return
+    for v in vectors.tolist():
+        print(" ".join(f"{x:.6f}" for x in v))
 
 
 @app.command("eval")
@@ -124,11 +174,19 @@ def evaluate(
     as_json: bool = JsonOpt,
 ) -> None:
     """Loss and bits per byte of a model on any text, pass@k on a task with --task, or code
-    figures with --code."""
+    figures with --code.
+
+    An encoder run is scored on masked tokens of the text; an encoder-decoder run on its
+    task's (or --task's) held-out pairs."""
     from chatsmith.evaluation.perplexity import evaluate_text
 
     if code:
         _eval_code(run, data, include, samples, max_tokens, device, as_json)
+        return
+    loaded = _load(run, device)
+    if loaded.cfg.arch != "decoder":
+        data = data or BUILTIN_NAME
+        _evaluate_family(loaded, data, batch_size, max_tokens, task, max_new_tokens, as_json)
         return
     if task is not None:
         from chatsmith.data.tasks import get_task
@@ -137,7 +195,6 @@ def evaluate(
         the_task = get_task(task)
         if samples < 1:
             raise ChatsmithError(f"--samples must be at least 1, got {samples}")
-        loaded = _load(run, device)
         result = evaluate_task(
             loaded.model, loaded.tokenizer, the_task, samples, temperature, max_new_tokens
         )
@@ -152,7 +209,6 @@ def evaluate(
             for prompt, reply, r in result.examples:
                 print(f"  {'right' if r >= 1 else 'wrong'}: {prompt!r} -> {reply!r}")
         return
-    loaded = _load(run, device)
     score = evaluate_text(loaded, data or BUILTIN_NAME, batch_size, max_tokens)
     if as_json:
         print(json.dumps(score.to_dict()))
@@ -210,6 +266,36 @@ def complete(
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+
+
+def _evaluate_family(loaded, data, batch_size, max_tokens, task, max_new_tokens, as_json) -> None:
+    if loaded.cfg.arch == "encoder":
+        from chatsmith.evaluation.masked import evaluate_masked
+
+        if task is not None:
+            raise ChatsmithError("an encoder run is scored on text (--data), not on a --task")
+        masked = evaluate_masked(loaded, data, batch_size, max_tokens)
+        if as_json:
+            print(json.dumps(masked.to_dict()))
+        else:
+            print(
+                f"masked-token loss: {masked.loss:.4f} nats  accuracy: {masked.accuracy:.4f}  "
+                f"masked tokens: {masked.tokens:,}"
+            )
+        return
+    from chatsmith.evaluation.seq2seq import evaluate_seq2seq
+
+    name = task or loaded.info.get("args", {}).get("task")
+    score = evaluate_seq2seq(loaded, name, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    if as_json:
+        print(json.dumps(score.to_dict()))
+        return
+    print(
+        f"task {score.task}: loss {score.loss:.4f} nats/target token ({score.tokens:,} tokens)  "
+        f"right {score.accuracy:.4f} ({score.n} held-out sources, greedy)"
+    )
+    for source, reply, ok in score.examples:
+        print(f"  {'right' if ok else 'wrong'}: {source!r} -> {reply!r}")
 
 
 @stage_command(
@@ -315,13 +401,16 @@ def chat(
         max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
     )
     params.validate()
+    engine = loaded.engine()
     stage = loaded.info.get("stage")
-    if stage != "sft" and stage is not None and stage not in ("rl", "import"):
+    if engine.seq2seq:
+        say(f"note: {run} is an encoder-decoder; it replies to your last message only")
+    elif stage != "sft" and stage is not None and stage not in ("rl", "import"):
         say(
             f"note: {run} is a {stage} run, not fine-tuned for chat; replies may wander "
             f"(fine-tune it first: chatsmith sft {run})"
         )
-    session = ChatSession(loaded.engine(), loaded.tokenizer, params, system=system, notify=say)
+    session = ChatSession(engine, loaded.tokenizer, params, system=system, notify=say)
     if prompt is not None:
         for piece in session.send(prompt):
             sys.stdout.write(piece)
@@ -463,7 +552,7 @@ def import_model(
     ),
     dtype: str = typer.Option("auto", "--dtype", help="auto (as stored), bf16 or fp32."),
 ) -> None:
-    """Import an open model (Llama, Mistral, Qwen2, Qwen3 layouts) as a chatsmith run."""
+    """Import an open model (Llama, Mistral, Qwen2, Qwen3 layouts; BERT encoders) as a run."""
     from chatsmith.interop.hf_import import import_hf
 
     result = import_hf(source, out, max_seq_len=max_seq_len, dtype=dtype)

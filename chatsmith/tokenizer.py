@@ -284,6 +284,9 @@ class Tokenizer:
             )
         return cls(hf)
 
+    def summary(self) -> dict:
+        return {"vocab_size": self.vocab_size, "special_tokens": self.special_texts}
+
 
 _BYTE_DECODER = _byte_decoder()
 _SP_BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")

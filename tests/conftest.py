@@ -81,6 +81,16 @@ def tiny_run(corpus, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def encoder_run(corpus, tmp_path_factory) -> Path:
+    """A tiny masked-LM encoder run folder, trained on the same corpus."""
+    from chatsmith.training.pretrain import pretrain
+
+    out = tmp_path_factory.mktemp("runs") / "encoder"
+    pretrain(tiny_args(corpus, arch="encoder"), tiny_flags(out, 40), Reporter(quiet=True))
+    return out
+
+
 def run_cli(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
     """Run the real `chatsmith` command line in a subprocess."""
     return subprocess.run(

@@ -293,9 +293,10 @@ def test_greedy_generation_equal_with_and_without_cache_and_batched(family, hf_f
 
 def test_bf16_keeps_rotary_tables_fp32_and_stays_close(hf_folders, imported):
     ours = load_run(imported["llama"], "cpu").model.to(torch.bfloat16)
-    assert ours.rotary.cos.dtype == torch.float32 and ours.rotary.sin.dtype == torch.float32
+    rotary = ours.positional.rotary
+    assert rotary.cos.dtype == torch.float32 and rotary.sin.dtype == torch.float32
     fresh = load_run(imported["llama"], "cpu").model
-    assert torch.equal(ours.rotary.cos, fresh.rotary.cos)
+    assert torch.equal(rotary.cos, fresh.positional.rotary.cos)
     theirs = hf_model(hf_folders["llama"], torch.bfloat16)
     x = torch.tensor(prompts(300, lengths=(64, 64)))
     with torch.no_grad():

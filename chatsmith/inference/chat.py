@@ -87,6 +87,15 @@ class ChatSession:
         """The prompt for a reply to `user_text`, dropping old exchanges to fit the context."""
         if not user_text.strip():
             raise ChatsmithError("the message is empty")
+        if self.engine.seq2seq:
+            # an encoder-decoder learnt one turn -> its reply: the source is the last message
+            ids = self.tokenizer.encode(user_text)
+            if len(ids) > self.context:
+                raise MessageTooLong(
+                    f"your message is {len(ids)} tokens; the model reads at most "
+                    f"{self.context}: shorten it"
+                )
+            return ids
         limit = self.context - self.reply_room()
         turn = [{"role": "user", "content": user_text}]
         alone = render_prompt(self.tokenizer, self._messages(turn))

@@ -17,7 +17,6 @@ from torch import nn
 from chatsmith.data.batching import pad_right
 from chatsmith.errors import ChatsmithError
 from chatsmith.inference.static_decode import StaticDecodeStep
-from chatsmith.models import KVCache
 
 
 class ContextOverflow(ChatsmithError):
@@ -146,16 +145,27 @@ class Engine:
         max_batch: int = 1,
         dtype: torch.dtype | None = None,
         cuda_graph: bool = False,
+        start_id: int | None = None,
     ):
         """`cuda_graph=True` (CUDA only) records the decode step once and replays it, which
-        removes kernel-launch overhead; worth it for an engine that lives long (CLI, server)."""
+        removes kernel-launch overhead; worth it for an engine that lives long (CLI, server).
+
+        An encoder-decoder model takes the prompt as its source: `add` encodes it once into the
+        slot's cache and decoding starts from `start_id`; the rest is the same as decoder-only.
+        """
         self.model = model.eval()
         self.cfg = model.cfg
+        if self.cfg.arch == "encoder":
+            raise ChatsmithError("an encoder model embeds text; it cannot generate")
+        self.seq2seq = self.cfg.arch == "encoder_decoder"
+        if self.seq2seq and start_id is None:
+            raise ChatsmithError("an encoder-decoder engine needs the decoder's start token")
+        self.start_id = start_id
         self.device = next(model.parameters()).device
         self.dtype = dtype or next(model.parameters()).dtype
         self.stop_ids = frozenset(stop_ids)
         self.max_batch = max_batch
-        self.cache = KVCache.for_model(self.cfg, max_batch, self.device, self.dtype)
+        self.cache = model.new_cache(max_batch, self.device, self.dtype)
         self.free: list[int] = list(range(max_batch - 1, -1, -1))
         self.live: list[Generation] = []
         self.static = None
@@ -173,7 +183,11 @@ class Engine:
         params.validate()
         if not prompt:
             raise ChatsmithError("the prompt is empty")
-        if len(prompt) >= self.context:
+        if self.seq2seq and len(prompt) > self.context:
+            raise ContextOverflow(
+                f"the source has {len(prompt)} tokens; the model reads at most {self.context}"
+            )
+        if not self.seq2seq and len(prompt) >= self.context:
             raise ContextOverflow(
                 f"the prompt has {len(prompt)} tokens; the model's context is {self.context}, "
                 "which leaves no room for a reply"
@@ -194,6 +208,9 @@ class Engine:
             self.cache.reset(torch.tensor([slot], device=self.device))
             x = torch.tensor([prompt], dtype=torch.long, device=self.device)
             rows = torch.tensor([slot], device=self.device)
+            if self.seq2seq:  # the encoder runs once per request; the decoder starts afresh
+                self.model.encode_into(self.cache, rows, x)
+                x = torch.tensor([[self.start_id]], dtype=torch.long, device=self.device)
             logits, _ = self.model(x, cache=self.cache, rows=rows, last_only=True)
         except BaseException:  # out of memory, say: the slot must not be lost with it
             self.free.append(slot)
@@ -218,7 +235,7 @@ class Engine:
             self._check(prompt, p)
         if len(prompts) > len(self.free):
             raise EngineFull(f"{len(prompts)} prompts but {len(self.free)} free slots")
-        if len(prompts) <= 1:
+        if len(prompts) <= 1 or self.seq2seq:
             return [self.add(pr, p) for pr, p in zip(prompts, params)]
         slots = [self.free.pop() for _ in prompts]
         try:
@@ -247,7 +264,8 @@ class Engine:
             seq.finish_reason, seq.stop_token = "stop", token
             return False
         seq.tokens.append(token)
-        used = len(seq.prompt) + len(seq.tokens)
+        # positions the decoder has used: an encoder-decoder's prompt sits in the encoder
+        used = len(seq.tokens) + (1 if self.seq2seq else len(seq.prompt))
         if len(seq.tokens) >= seq.params.max_tokens or used >= self.context:
             seq.finish_reason = "length"
         return True

@@ -47,7 +47,18 @@ class LoadedRun:
             )
 
     def engine(self, max_batch: int = 1) -> Engine:
-        return Engine(self.model, self.tokenizer.stop_ids, max_batch=max_batch, cuda_graph=True)
+        if self.cfg.arch == "encoder":
+            raise ChatsmithError(
+                f"{self.path} is an encoder run: it embeds text (chatsmith embed {self.path}) "
+                "and cannot chat or generate"
+            )
+        return Engine(
+            self.model,
+            self.tokenizer.stop_ids,
+            max_batch=max_batch,
+            cuda_graph=True,
+            start_id=self.tokenizer.bos_id,
+        )
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "auto") -> LoadedRun:

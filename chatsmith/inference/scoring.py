@@ -1,4 +1,5 @@
-"""Score text with a model: mean loss and bits per byte over a token stream."""
+"""Score text with a model: mean loss and bits per byte over a token stream (decoders), or
+masked-token loss and accuracy (encoders)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from chatsmith.data.batching import pad_right
 from chatsmith.models import IGNORE_INDEX
+
+MASK_FRACTION = 0.15  # BERT's choice (Devlin et al., 2019)
 
 
 @dataclass
@@ -93,3 +97,63 @@ def score_tokens(
             )
 
     return score_batches(model, batches(), bytes_per_token, autocast, progress)
+
+
+def mask_tokens(
+    x: torch.Tensor, mask_id: int, gen: torch.Generator, real: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets): a random MASK_FRACTION of the real tokens of `x` (B, S) hidden behind
+    `mask_id`; targets hold the hidden tokens and IGNORE_INDEX everywhere else."""
+    hidden = torch.rand(x.shape, generator=gen) < MASK_FRACTION
+    if real is not None:
+        hidden &= real
+    targets = torch.where(hidden, x, torch.full_like(x, IGNORE_INDEX))
+    inputs = torch.where(hidden, torch.full_like(x, mask_id), x)
+    return inputs, targets
+
+
+@dataclass
+class MaskedScore:
+    loss: float  # mean cross-entropy per masked token, in nats
+    accuracy: float  # share of masked tokens whose likeliest prediction is the original
+    tokens: int  # masked tokens scored
+
+    def to_dict(self) -> dict:
+        return {"masked_loss": self.loss, "masked_accuracy": self.accuracy, "tokens": self.tokens}
+
+
+@torch.no_grad()
+def score_masked(
+    model: nn.Module,
+    tokens: torch.Tensor,
+    mask_id: int,
+    seq_len: int,
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+    autocast=None,
+    seed: int = 0,
+) -> MaskedScore:
+    """Masked-LM figures over consecutive windows of `tokens`, with masks drawn from `seed`
+    (the same tokens are hidden every time, so scores of different runs compare)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    if max_tokens is not None:
+        tokens = tokens[:max_tokens]
+    gen = torch.Generator().manual_seed(seed)
+    total_nats, correct, count = 0.0, 0, 0
+    starts = list(range(0, len(tokens), seq_len))
+    for b in range(0, len(starts), batch_size):
+        chunk = [tokens[s : s + seq_len].tolist() for s in starts[b : b + batch_size]]
+        x = pad_right(chunk, 0)
+        real = torch.arange(x.size(1))[None, :] < torch.tensor([len(c) for c in chunk])[:, None]
+        inputs, targets = mask_tokens(x, mask_id, gen, real)
+        with autocast() if autocast else contextlib.nullcontext():
+            logits, _ = model(inputs.to(device), padding_mask=real.to(device))
+        hidden = targets.to(device) != IGNORE_INDEX
+        picked, wanted = logits[hidden].float(), targets.to(device)[hidden]
+        total_nats += float(F.cross_entropy(picked, wanted, reduction="sum"))
+        correct += int((picked.argmax(-1) == wanted).sum())
+        count += int(hidden.sum())
+    model.train(was_training)
+    return MaskedScore(total_nats / max(count, 1), correct / max(count, 1), count)

@@ -17,6 +17,8 @@ from safetensors import SafetensorError, safe_open
 
 from chatsmith.checkpoint import RUN_FILE, save_weights_checkpoint, write_json_atomic
 from chatsmith.errors import ChatsmithError
+from chatsmith.interop.hf_bert import FAMILY as BERT
+from chatsmith.interop.hf_bert import bert_from_hf, bert_model_config
 from chatsmith.interop.hf_config import model_config_from_hf
 from chatsmith.interop.hf_tokenizer import load_hf_tokenizer, read_json
 from chatsmith.interop.hf_weights import from_hf
@@ -116,9 +118,12 @@ def import_hf(
     if not config_path.is_file():
         raise ChatsmithError(f"{folder} has no config.json: not a Hugging Face model folder")
     hf_config = read_json(config_path)
-    cfg = model_config_from_hf(hf_config, max_seq_len)
-    tok = load_hf_tokenizer(folder, cfg.vocab_size)
-    weights = from_hf(read_shards(folder), cfg)
+    if hf_config.get("model_type") == BERT:  # an encoder: embeddings, not generation
+        cfg, convert = bert_model_config(hf_config, max_seq_len), bert_from_hf
+    else:
+        cfg, convert = model_config_from_hf(hf_config, max_seq_len), from_hf
+    tok = load_hf_tokenizer(folder, cfg.vocab_size, generative=cfg.arch != "encoder")
+    weights = convert(read_shards(folder), cfg)
     _check_shapes(weights, cfg)
     target = _target_dtype(weights, dtype)
     weights = {k: v.to(target).contiguous() for k, v in weights.items()}

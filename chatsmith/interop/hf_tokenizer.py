@@ -43,7 +43,7 @@ def _document_start(hf: HFTokenizer) -> str | None:
     return None
 
 
-def load_hf_tokenizer(folder: Path, model_vocab: int) -> Tokenizer:
+def load_hf_tokenizer(folder: Path, model_vocab: int, generative: bool = True) -> Tokenizer:
     """The folder's tokenizer.json with the chat format its other files describe."""
     path = folder / "tokenizer.json"
     if not path.is_file():
@@ -67,7 +67,7 @@ def load_hf_tokenizer(folder: Path, model_vocab: int) -> Tokenizer:
     generation = read_json(gen_path) if gen_path.is_file() else {}
     eos = _token_text(config.get("eos_token"))
     stops = _ids(generation.get("eos_token_id")) or _ids(hf.token_to_id(eos) if eos else None)
-    if not stops:
+    if not stops and generative:  # an encoder only reads: it needs no stop token
         raise ChatsmithError(
             "no stop token: generation_config.json has no eos_token_id and "
             "tokenizer_config.json no eos_token, so a reply could never end"

@@ -8,6 +8,9 @@ from chatsmith.errors import ChatsmithError
 from chatsmith.validation import Field, check_record
 
 ARCHITECTURES = ("decoder", "encoder", "encoder_decoder")
+NORMS = ("rms", "layer")
+POSITIONS = ("rope", "learned")
+MLPS = ("swiglu", "gelu")
 ROPE_SCALINGS = ("llama3", "linear")
 
 
@@ -25,17 +28,27 @@ class ModelConfig:
     arch: str = "decoder"
     n_decoder_layer: int = 0  # encoder_decoder only; 0 means same as n_layer
     # switches that imported models need; each default is chatsmith's own architecture
-    norm_eps: float = 1e-6  # RMSNorm epsilon
+    norm_eps: float = 1e-6  # RMSNorm / LayerNorm epsilon
     head_size: int = 0  # 0: d_model // n_head; otherwise heads may be wider or narrower
     qkv_bias: bool = False  # biases on the query/key/value projections (Qwen2)
     qk_norm: bool = False  # RMSNorm on each query/key head before rotary (Qwen3)
     # None: plain rotary; {"rope_type": "llama3", "factor", "low_freq_factor",
     # "high_freq_factor", "original_max_position_embeddings"} or {"rope_type": "linear", "factor"}
     rope_scaling: dict | None = None
+    # block flavour: chatsmith's own is pre-norm RMSNorm, rotary, SwiGLU, no biases; the
+    # BERT/GPT-2 family is LayerNorm with bias, learned absolute positions, GELU, biases
+    norm: str = "rms"  # "rms" or "layer" (LayerNorm with a bias)
+    post_norm: bool = False  # normalise after each residual add (BERT, the 2017 Transformer)
+    positions: str = "rope"  # "rope" or "learned" (absolute position embeddings)
+    token_types: int = 0  # learned token-type (segment) embeddings, BERT's; 0: none
+    mlp: str = "swiglu"  # "swiglu" or "gelu" (two matrices, exact erf GELU)
+    bias: bool = False  # biases on every linear layer (qkv_bias alone: only q/k/v)
 
     def __post_init__(self) -> None:
         check_record(asdict(self), _FIELDS, "model config")
-        if self.d_ff == 0:
+        if self.d_ff == 0 and self.mlp == "gelu":
+            object.__setattr__(self, "d_ff", 4 * self.d_model)
+        elif self.d_ff == 0:
             # SwiGLU has three matrices, so 8/3 x width matches a 4x two-matrix MLP; round to 32.
             object.__setattr__(self, "d_ff", ((8 * self.d_model // 3) + 31) // 32 * 32)
         self.validate()
@@ -57,7 +70,12 @@ class ModelConfig:
                 f"n_kv_head {self.n_kv_head} must divide n_head {self.n_head} "
                 "(grouped-query attention shares each key/value head among whole groups)"
             )
-        if self.head_dim % 2:
+        for name, allowed in (("norm", NORMS), ("positions", POSITIONS), ("mlp", MLPS)):
+            if getattr(self, name) not in allowed:
+                raise ChatsmithError(
+                    f"unknown {name} {getattr(self, name)!r}; choose from {allowed}"
+                )
+        if self.positions == "rope" and self.head_dim % 2:
             raise ChatsmithError(f"head size {self.head_dim} must be even for rotary positions")
         if self.norm_eps <= 0:
             raise ChatsmithError(f"norm_eps must be positive, got {self.norm_eps}")
@@ -95,6 +113,7 @@ _LIMITS = {
     "d_ff": 1 << 18,
     "max_seq_len": 1 << 17,
     "n_decoder_layer": 1024,
+    "token_types": 1024,
 }
 # each field's kind is that of its default (int, float, bool or str)
 _FIELDS = {

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from chatsmith.models.config import ModelConfig
-from chatsmith.models.layers import Block, CacheView, KVCache, RMSNorm, Rotary, init_weights
+from chatsmith.models.layers import Block, CacheView, KVCache, Positional, final_norm, init_weights
 
 IGNORE_INDEX = -1  # target value that contributes no loss (prompt tokens in SFT, padding)
 
@@ -17,9 +17,9 @@ class Decoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.rotary = Rotary(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
+        self.positional = Positional(cfg)
         self.blocks = nn.ModuleList(Block(cfg, causal=True) for _ in range(cfg.n_layer))
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.norm = final_norm(cfg)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         init_weights(self, cfg.n_layer)
         if cfg.tie_embeddings:
@@ -51,9 +51,9 @@ class Decoder(nn.Module):
             if S > self.cfg.max_seq_len:
                 raise ValueError(f"sequence length {S} exceeds max_seq_len {self.cfg.max_seq_len}")
             positions = torch.arange(S, device=idx.device)
-        x = self.embed(idx)
+        x = self.positional.embed(self.embed(idx), positions)
         for i, block in enumerate(self.blocks):
-            x = block(x, self.rotary, positions, i, view)
+            x = block(x, self.positional.rotary, positions, i, view)
         if view is not None:
             view.advance()
         x = self.norm(x)
@@ -69,3 +69,6 @@ class Decoder(nn.Module):
         if last_only:
             x = x[:, -1:]
         return self.lm_head(x).float(), None
+
+    def new_cache(self, batch_size: int, device, dtype) -> KVCache:
+        return KVCache.for_model(self.cfg, batch_size, device, dtype)

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from chatsmith.models.config import ModelConfig
 from chatsmith.models.decoder import IGNORE_INDEX
-from chatsmith.models.layers import Block, RMSNorm, Rotary, init_weights
+from chatsmith.models.layers import Block, Positional, final_norm, init_weights
 
 
 class EncoderStack(nn.Module):
@@ -17,16 +17,20 @@ class EncoderStack(nn.Module):
     def __init__(self, cfg: ModelConfig, embed: nn.Embedding | None = None):
         super().__init__()
         self.embed = embed if embed is not None else nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.rotary = Rotary(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
+        self.positional = Positional(cfg)
         self.blocks = nn.ModuleList(Block(cfg, causal=False) for _ in range(cfg.n_layer))
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.norm = final_norm(cfg)
 
     def forward(self, idx: Tensor, padding_mask: Tensor | None = None) -> Tensor:
-        """Hidden states (B, S, d); `padding_mask` is True where a real token is."""
+        """Hidden states (B, S, d); `padding_mask` (B, S) is True where a real token is.
+
+        Padding keys are masked out of every row's attention, so a real token's state does not
+        depend on how much padding follows it (padded positions' own states are meaningless).
+        """
         positions = torch.arange(idx.size(1), device=idx.device)
-        x = self.embed(idx)
+        x = self.positional.embed(self.embed(idx), positions)
         for i, block in enumerate(self.blocks):
-            x = block(x, self.rotary, positions, i, key_padding_mask=padding_mask)
+            x = block(x, self.positional.rotary, positions, i, key_padding_mask=padding_mask)
         return self.norm(x)
 
 
@@ -41,6 +45,10 @@ class Encoder(nn.Module):
         init_weights(self, cfg.n_layer)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.stack.embed.weight
+
+    def hidden(self, idx: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        """Contextual token states (B, S, d), the input to sentence embeddings."""
+        return self.stack(idx, padding_mask)
 
     def forward(
         self, idx: Tensor, targets: Tensor | None = None, padding_mask: Tensor | None = None

@@ -1,8 +1,10 @@
 """Transformer layers shared by the decoder, the encoder and the encoder-decoder.
 
-Each block is pre-norm (RMSNorm), attention uses rotary positions and PyTorch's
-scaled_dot_product_attention (flash kernels on CUDA), MLPs are SwiGLU, and no layer has a bias
-unless the config asks for query/key/value biases (imported Qwen2 models).
+By default each block is pre-norm (RMSNorm), attention uses rotary positions and PyTorch's
+scaled_dot_product_attention (flash kernels on CUDA), MLPs are SwiGLU, and no layer has a bias.
+Config switches give imported families their parts from the same modules: query/key/value
+biases and per-head q/k norms (Qwen), and the BERT/GPT-2 flavour: LayerNorm with a bias,
+learned absolute positions (and token types), GELU MLPs, biases everywhere and post-norm.
 The same attention module is causal for a decoder, bidirectional for an encoder, and
 cross-attends to an encoder's output in an encoder-decoder.
 """
@@ -26,6 +28,56 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+
+
+def norm_layer(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
+    dim = dim or cfg.d_model
+    if cfg.norm == "layer":
+        return nn.LayerNorm(dim, eps=cfg.norm_eps)
+    return RMSNorm(dim, cfg.norm_eps)
+
+
+class LearnedPositions(nn.Module):
+    """Absolute position embeddings (and BERT's token-type embeddings) added to the input."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.pos = nn.Embedding(cfg.max_seq_len, cfg.d_model)
+        self.types = nn.Embedding(cfg.token_types, cfg.d_model) if cfg.token_types else None
+
+    def forward(self, x: Tensor, positions: Tensor) -> Tensor:
+        """x: (B, S, d); positions: (S,) shared or (B, S) per row."""
+        x = x + self.pos(positions)
+        if self.types is not None:
+            x = x + self.types.weight[0]  # one segment: every token is of type 0
+        return x
+
+
+class Positional(nn.Module):
+    """How a stack knows token order: rotary angles inside attention, or learned embeddings
+    added to the input (and, for post-norm stacks, the input's normalisation)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        rope = cfg.positions == "rope"
+        self.rotary = (
+            Rotary(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
+            if rope
+            else None
+        )
+        self.learned = None if rope else LearnedPositions(cfg)
+        # post-norm blocks end normalised, so the stack normalises its input instead
+        self.input_norm = norm_layer(cfg) if cfg.post_norm else None
+
+    def embed(self, x: Tensor, positions: Tensor) -> Tensor:
+        if self.learned is not None:
+            x = self.learned(x, positions)
+        return self.input_norm(x) if self.input_norm is not None else x
+
+
+def final_norm(cfg: ModelConfig) -> nn.Module:
+    """The norm after the last block: pre-norm stacks need one, post-norm ones end normalised."""
+    return nn.Identity() if cfg.post_norm else norm_layer(cfg)
 
 
 class Rotary(nn.Module):
@@ -178,12 +230,20 @@ class Attention(nn.Module):
         self.causal, self.cross = causal, cross
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         q_dim, kv_dim = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
-        self.q = nn.Linear(cfg.d_model, q_dim, bias=cfg.qkv_bias)
-        self.kv = nn.Linear(cfg.d_model, 2 * kv_dim, bias=cfg.qkv_bias)  # keys, then values
-        self.out = nn.Linear(q_dim, cfg.d_model, bias=False)
+        self.q = nn.Linear(cfg.d_model, q_dim, bias=cfg.qkv_bias or cfg.bias)
+        self.kv = nn.Linear(cfg.d_model, 2 * kv_dim, bias=cfg.qkv_bias or cfg.bias)  # keys, values
+        self.out = nn.Linear(q_dim, cfg.d_model, bias=cfg.bias)
         # per-head RMSNorm of queries and keys (over the head's D channels), before rotary
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+
+    def project_kv(self, src: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values (B, H_kv, T, D) of a sequence (B, T, d)."""
+        B, T, _ = src.shape
+        k, v = self.kv(src).view(B, T, 2, self.n_kv_head, self.head_dim).unbind(2)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
+        return k.transpose(1, 2), v.transpose(1, 2)
 
     def forward(
         self,
@@ -194,15 +254,21 @@ class Attention(nn.Module):
         cache: CacheView | None = None,
         memory: Tensor | None = None,
         key_padding_mask: Tensor | None = None,
+        memory_kv: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
+        """`memory_kv`: cross-attention keys/values computed once (see `project_kv`), used
+        instead of projecting `memory` again at every decoding step."""
         B, S, _ = x.shape
         q = self.q(x).view(B, S, self.n_head, self.head_dim)  # (B, S, H, D)
-        src = memory if self.cross else x
-        k, v = self.kv(src).view(B, src.size(1), 2, self.n_kv_head, self.head_dim).unbind(2)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, S, D)
-        if not self.cross:  # cross-attention keys come from another sequence: no shared positions
+            q = self.q_norm(q)
+        q = q.transpose(1, 2)  # (B, H, S, D)
+        if memory_kv is not None:
+            k, v = memory_kv
+        else:
+            k, v = self.project_kv(memory if self.cross else x)
+        # cross-attention keys come from another sequence: no shared positions
+        if rotary is not None and not self.cross:
             q, k = rotary(q, positions), rotary(k, positions)
         mask, is_causal = None, self.causal
         if cache is not None:
@@ -224,11 +290,21 @@ class Attention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(B, S, -1))
 
 
+class GeluMLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.gelu(self.up(x)))
+
+
 class SwiGLU(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate_up = nn.Linear(cfg.d_model, 2 * cfg.d_ff, bias=False)
-        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+        self.gate_up = nn.Linear(cfg.d_model, 2 * cfg.d_ff, bias=cfg.bias)
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = self.gate_up(x).chunk(2, dim=-1)
@@ -236,45 +312,64 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block; `cross=True` adds attention to an encoder's output."""
+    """Transformer block; `cross=True` adds attention to an encoder's output.
+
+    Pre-norm (x + f(norm(x))) by default; with `post_norm`, norm(x + f(x)) as in BERT.
+    """
 
     def __init__(self, cfg: ModelConfig, causal: bool, cross: bool = False):
         super().__init__()
-        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.post_norm = cfg.post_norm
+        self.attn_norm = norm_layer(cfg)
         self.attn = Attention(cfg, causal=causal)
-        self.cross_norm = RMSNorm(cfg.d_model, cfg.norm_eps) if cross else None
+        self.cross_norm = norm_layer(cfg) if cross else None
         self.cross_attn = Attention(cfg, causal=False, cross=True) if cross else None
-        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mlp = SwiGLU(cfg)
+        self.mlp_norm = norm_layer(cfg)
+        self.mlp = GeluMLP(cfg) if cfg.mlp == "gelu" else SwiGLU(cfg)
+
+    def _residual(self, x: Tensor, norm: nn.Module, f) -> Tensor:
+        return norm(x + f(x)) if self.post_norm else x + f(norm(x))
 
     def forward(
         self,
         x: Tensor,
-        rotary: Rotary,
+        rotary: Rotary | None,
         positions: Tensor,
         layer: int = 0,
         cache: CacheView | None = None,
         key_padding_mask: Tensor | None = None,
         memory: Tensor | None = None,
         memory_padding_mask: Tensor | None = None,
+        memory_kv: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
-        x = x + self.attn(
-            self.attn_norm(x), rotary, positions, layer, cache, key_padding_mask=key_padding_mask
+        x = self._residual(
+            x,
+            self.attn_norm,
+            lambda h: self.attn(
+                h, rotary, positions, layer, cache, key_padding_mask=key_padding_mask
+            ),
         )
         if self.cross_attn is not None:
-            x = x + self.cross_attn(
-                self.cross_norm(x),
-                None,
-                positions,
-                memory=memory,
-                key_padding_mask=memory_padding_mask,
+            x = self._residual(
+                x,
+                self.cross_norm,
+                lambda h: self.cross_attn(
+                    h,
+                    None,
+                    positions,
+                    memory=memory,
+                    key_padding_mask=memory_padding_mask,
+                    memory_kv=memory_kv,
+                ),
             )
-        return x + self.mlp(self.mlp_norm(x))
+        return self._residual(x, self.mlp_norm, self.mlp)
 
 
 def init_weights(module: nn.Module, n_layer: int) -> None:
     """GPT-2 style init: N(0, 0.02), residual output projections scaled down by depth."""
     for name, p in module.named_parameters():
+        if name.endswith(".bias"):
+            nn.init.zeros_(p)
         if p.dim() < 2:
             continue
         std = 0.02

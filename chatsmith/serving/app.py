@@ -13,7 +13,7 @@ from chatsmith.serving.config import ServeLimits
 from chatsmith.serving.errors import install_error_handlers
 from chatsmith.serving.metrics import CountRequests
 from chatsmith.serving.middleware import LOOPBACK_HOSTS, BodyGuard, CrossSiteGuard
-from chatsmith.serving.routes import STATIC, router
+from chatsmith.serving.routes import STATIC, embeddings_api, router
 from chatsmith.serving.server import Server
 
 
@@ -52,5 +52,6 @@ def create_app(
     app.add_middleware(CountRequests, metrics=app.state.server.metrics)
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(embeddings_api, include_in_schema=loaded.cfg.arch == "encoder")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

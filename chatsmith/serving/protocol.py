@@ -120,3 +120,22 @@ def error_body(
     code: str | None = None,
 ) -> dict:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+NonEmptyText = Annotated[Text, Field(min_length=1)]
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+
+
+class EmbeddingRequest(BaseModel):
+    """`POST /v1/embeddings`: text or token ids, one input or a list of them."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: Text | None = Field(None, description="Any name is accepted; the loaded model answers.")
+    input: (
+        NonEmptyText
+        | Annotated[list[NonEmptyText], Field(min_length=1, max_length=2048)]
+        | TokenIds
+        | Annotated[list[TokenIds], Field(min_length=1, max_length=2048)]
+    )
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1, description="Must equal the model's width.")

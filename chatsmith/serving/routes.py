@@ -12,9 +12,10 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from chatsmith.serving.embeddings import embedding_response
 from chatsmith.serving.errors import APIError
 from chatsmith.serving.middleware import authorize, key_matches
-from chatsmith.serving.protocol import ChatCompletionRequest, CompletionRequest
+from chatsmith.serving.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from chatsmith.serving.responses import CHAT, COMPLETION, respond
 from chatsmith.serving.server import Server
 
@@ -89,6 +90,17 @@ async def completions(body: CompletionRequest, request: Request, srv: Server = D
     jobs = [p for p in prompts for _ in params]
     ticket = srv.submit(jobs, params * len(prompts))
     return await respond(request, srv, ticket, body, sum(map(len, prompts)), COMPLETION)
+
+
+# its own router: only an encoder run's API schema lists it (other runs answer it with a 400)
+embeddings_api = APIRouter(dependencies=[Depends(authorize)], tags=["openai"])
+
+
+@embeddings_api.post("/v1/embeddings")
+async def embeddings(body: EmbeddingRequest, srv: Server = Depends(server)) -> dict:
+    seqs = await run_in_threadpool(srv.embedding_inputs, body)
+    vectors = await srv.embed(seqs)
+    return embedding_response(vectors, body.encoding_format, srv.model_id, sum(map(len, seqs)))
 
 
 router.include_router(openai_api)

@@ -15,13 +15,20 @@ from chatsmith.chat_template import render_prompt, validate_messages
 from chatsmith.checkpoint import RUN_FILE
 from chatsmith.errors import ChatsmithError
 from chatsmith.inference.completion import completion_prompt
+from chatsmith.inference.embeddings import embedding_ids
 from chatsmith.inference.engine import Engine, SamplingParams
 from chatsmith.inference.loading import LoadedRun
 from chatsmith.inference.streaming import StopFilter, TextStream
 from chatsmith.serving.config import ServeLimits
+from chatsmith.serving.embeddings import EmbeddingBatcher
 from chatsmith.serving.errors import APIError
 from chatsmith.serving.metrics import ServeMetrics
-from chatsmith.serving.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
+from chatsmith.serving.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    SamplingRequest,
+)
 from chatsmith.serving.scheduler import (
     FAILED,
     UNAVAILABLE,
@@ -82,31 +89,45 @@ class Server:
         # no token spans more bytes than the longest in the vocabulary (nor more characters),
         # so a text longer than this cannot fit the context: refused before tokenizing it
         self.max_prompt_chars = self.context * max(self.tok.bytes_per_token)
-        # every special token ends a reply: a marker can never show up as reply text; so do
-        # the template's stop ids (an imported model's may be ordinary tokens)
-        self.engine = Engine(
-            loaded.model,
-            stop_ids=sorted(self.tok.special_ids | set(self.tok.stop_ids)),
-            max_batch=limits.max_batch,
-            cuda_graph=True,
-        )
+        self.arch, self.model, self.width = loaded.cfg.arch, loaded.model, loaded.cfg.d_model
+        self.vocab_size = loaded.cfg.vocab_size
+        self.engine: Engine | None = None
+        if self.arch != "encoder":  # an encoder embeds; it has no engine to generate with
+            # every special token ends a reply: a marker can never show up as reply text; so do
+            # the template's stop ids (an imported model's may be ordinary tokens)
+            self.engine = Engine(
+                loaded.model,
+                stop_ids=sorted(self.tok.special_ids | set(self.tok.stop_ids)),
+                max_batch=limits.max_batch,
+                cuda_graph=True,
+                start_id=self.tok.bos_id,
+            )
         self.scheduler: Scheduler | None = None
+        self.embedder: EmbeddingBatcher | None = None
         self.metrics = ServeMetrics(self.stats)
 
-    def stats(self) -> dict:
-        """The scheduler's counters and queue ({} while stopped)."""
-        return self.scheduler.stats() if self.scheduler else {}
-
     def start(self) -> None:
-        if self.scheduler is None:
+        if self.engine is not None and self.scheduler is None:
             self.scheduler = Scheduler(
                 self.engine, self.limits.max_queue, self.limits.engine_stall_s, self.metrics
+            )
+        if self.engine is None and self.embedder is None:
+            self.embedder = EmbeddingBatcher(
+                self.model, self.limits.max_batch, self.limits.max_queue
             )
 
     def stop(self) -> None:
         if self.scheduler is not None:
             self.scheduler.close()
             self.scheduler = None
+        if self.embedder is not None:
+            self.embedder.close()
+            self.embedder = None
+
+    def stats(self) -> dict:
+        """The scheduler's (or embedder's) counters and queue ({} while stopped)."""
+        worker = self.scheduler or self.embedder
+        return worker.stats() if worker is not None else {}
 
     def model_card(self) -> dict:
         return {
@@ -122,7 +143,17 @@ class Server:
     # prompts are tokenized on a worker thread (`run_in_threadpool` in the routes): a long one
     # must not stall the event loop and with it every stream in flight
 
+    def _generative(self) -> None:
+        if self.engine is None:
+            raise APIError(
+                400,
+                f"{self.model_id} is an encoder model: it serves /v1/embeddings, not completions",
+                param="model",
+                code="model_not_supported",
+            )
+
     def chat_prompt(self, body: ChatCompletionRequest) -> list[int]:
+        self._generative()
         try:
             self.loaded.check_chat()
         except ChatsmithError as e:
@@ -136,21 +167,32 @@ class Server:
             messages = validate_messages(messages, where="messages")
         except ChatsmithError as e:
             raise APIError(400, str(e), param="messages") from None
-        ids = render_prompt(self.tok, messages)
+        if self.engine.seq2seq:  # an encoder-decoder replies to the last message
+            ids = self.tok.encode(messages[-1]["content"])
+        else:
+            ids = render_prompt(self.tok, messages)
         self._check_length(ids, "messages")
         return ids
 
     def text_prompts(self, body: CompletionRequest) -> list[list[int]]:
         """One prompt per text; with `suffix`, fill-in-the-middle prompts (not cut to fit: a
         prompt too long for the context is refused, as without a suffix)."""
+        self._generative()
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         params = ["prompt"] if len(texts) == 1 else [f"prompt[{i}]" for i in range(len(texts))]
         for text, param in zip(texts, params):
             self._check_chars(len(text) + len(body.suffix or ""), param)
-        try:
-            prompts = [completion_prompt(self.tok, t, body.suffix, 2**62) for t in texts]
-        except ChatsmithError as e:
-            raise APIError(400, str(e), param="suffix") from None
+        if self.engine.seq2seq:  # the source text is the whole prompt: nothing to fill in
+            if body.suffix:
+                raise APIError(
+                    400, f"{self.model_id} is an encoder-decoder model: no suffix", param="suffix"
+                )
+            prompts = [self.tok.encode(t) for t in texts]
+        else:
+            try:
+                prompts = [completion_prompt(self.tok, t, body.suffix, 2**62) for t in texts]
+            except ChatsmithError as e:
+                raise APIError(400, str(e), param="suffix") from None
         for ids, param in zip(prompts, params):
             self._check_length(ids, param)
         return prompts
@@ -165,7 +207,67 @@ class Server:
                 code="context_length_exceeded",
             )
 
+    def embedding_inputs(self, body: EmbeddingRequest) -> list[list[int]]:
+        """Token ids of every input (text as `chatsmith embed` reads it; ids as given)."""
+        if self.engine is not None:
+            raise APIError(
+                400,
+                f"{self.model_id} is a {self.arch} model: it generates text; embeddings come "
+                "from an encoder run (chatsmith pretrain --arch encoder, or an imported BERT)",
+                param="model",
+                code="model_not_supported",
+            )
+        if body.dimensions is not None and body.dimensions != self.width:
+            raise APIError(
+                400,
+                f"this model's embeddings have {self.width} dimensions; dimensions must be "
+                f"{self.width} or left out",
+                param="dimensions",
+            )
+        raw = body.input
+        if isinstance(raw, str) or (raw and isinstance(raw[0], int)):
+            raw = [raw]
+        seqs = []
+        for i, item in enumerate(raw):
+            param = "input" if len(raw) == 1 else f"input[{i}]"
+            if isinstance(item, str):
+                self._check_chars(len(item), param)
+                ids = embedding_ids(self.tok, item)
+            else:
+                ids = list(item)
+                if max(ids) >= self.vocab_size:
+                    raise APIError(
+                        400,
+                        f"{param}: token id {max(ids)} is outside the vocabulary "
+                        f"(0-{self.vocab_size - 1})",
+                        param=param,
+                    )
+            if len(ids) > self.context:
+                raise APIError(
+                    400,
+                    f"{param} has {len(ids)} tokens; this model reads at most {self.context}",
+                    param=param,
+                    code="context_length_exceeded",
+                )
+            seqs.append(ids)
+        return seqs
+
+    async def embed(self, seqs: list[list[int]]):
+        """The (len(seqs), d) embeddings, computed with whatever other requests are waiting."""
+        retry = {"Retry-After": str(self.limits.retry_after_s)}
+        if self.embedder is None:
+            raise self.unavailable("the server is not running")
+        try:
+            future = self.embedder.submit(seqs)
+        except QueueFull as e:
+            raise APIError(
+                429, str(e), "rate_limit_exceeded", code="queue_full", headers=retry
+            ) from None
+        return await future
+
     def _check_length(self, ids: list[int], param: str) -> None:
+        if self.engine is not None and self.engine.seq2seq and 0 < len(ids) <= self.context:
+            return  # an encoder-decoder reads the whole context and writes on its own side
         if len(ids) >= self.context:
             raise APIError(
                 400,
@@ -206,6 +308,8 @@ class Server:
 
     def problem(self) -> str | None:
         """Why requests cannot be answered now; None when the server is healthy."""
+        if self.embedder is not None:  # an encoder run: embeddings have no engine thread
+            return None
         if self.scheduler is None:
             return "the server is not running"
         return self.scheduler.problem()

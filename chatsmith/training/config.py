@@ -100,9 +100,20 @@ class TrainConfig:
 
 @dataclass
 class PretrainConfig(TrainConfig):
-    """`chatsmith pretrain`: a BPE tokenizer and a decoder trained on raw text."""
+    """`chatsmith pretrain`: a BPE tokenizer and a model trained from scratch (a decoder on
+    raw text by default)."""
 
     default_minutes: ClassVar[float] = 5.0
+    arch: str = option(
+        "decoder",
+        "decoder (GPT), encoder (BERT-style masked-LM, for embeddings) or encoder_decoder "
+        "(the original Transformer; needs --task)",
+    )
+    task: str | None = option(
+        None,
+        "Learn a sequence-to-sequence task instead of text: chitchat-reply, arithmetic or a "
+        '.jsonl of {"source", "target"} lines.',
+    )
     fingerprints_data: ClassVar[bool] = True
     data: str = option(
         BUILTIN_NAME,
@@ -119,6 +130,9 @@ class PretrainConfig(TrainConfig):
     )
     seq_len: int = option(256, "Context length in tokens")
     n_kv_head: int | None = option(None, "Key/value heads (fewer = grouped-query).")
+    # not flags: layer counts for callers that size families to equal parameters (benchmarks)
+    n_layer: int | None = None
+    n_decoder_layer: int | None = None
     max_text_mb: float = 512.0
     optimizer: str = option("muon", "muon (AdamW for embeddings and norms) or adamw")
     include: str | None = option(

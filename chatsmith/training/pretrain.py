@@ -14,6 +14,7 @@ from chatsmith.checkpoint import data_fingerprint
 from chatsmith.data import chitchat
 from chatsmith.data.code import code_files, is_code_source
 from chatsmith.data.fim import check_rate, fim_token_stream
+from chatsmith.data.seq2seq import get_seq2seq_task
 from chatsmith.data.shards import (
     INDEX_FILE,
     TokenShards,
@@ -38,7 +39,9 @@ from chatsmith.reporting import Reporter
 from chatsmith.runtime import seed_everything
 from chatsmith.tokenizer import TOKENIZER_FILE, Tokenizer
 from chatsmith.training.config import PretrainConfig, RunConfig
+from chatsmith.training.families import check_family, masked_objective, task_objective
 from chatsmith.training.loop import TrainResult, train
+from chatsmith.training.masked_lm import MaskedLM
 from chatsmith.training.parallel import ParallelPlan, plan_from_env
 
 QUICK_EVAL_TOKENS = 32_768
@@ -149,6 +152,27 @@ def _shard_data(
     return shards, tok, shards.train(), val_tokens
 
 
+def _run_tokenizer(
+    config: PretrainConfig,
+    docs: list[str],
+    out: Path,
+    run: RunConfig,
+    main: bool,
+    reporter: Reporter,
+) -> Tokenizer:
+    """The run's tokenizer: loaded on resume, else trained on `docs` and saved (by rank 0)."""
+    if run.resume:
+        return Tokenizer.load(out)
+    reporter.phase("tokenizer")
+    reporter.say(f"training a {config.vocab_size}-token BPE tokenizer on {len(docs):,} documents")
+    tok = Tokenizer.train(
+        docs, config.vocab_size, progress=reporter.shows_tool_progress(), notify=reporter.say
+    )
+    if main:
+        tok.save(out)
+    return tok
+
+
 def _text_data(
     config: PretrainConfig, out: Path, run: RunConfig, main: bool, reporter: Reporter
 ) -> tuple[torch.Tensor, torch.Tensor, Tokenizer]:
@@ -158,21 +182,7 @@ def _text_data(
     train_docs, val_docs = load_corpus(
         config.data, config.val_data, config.max_text_mb, config.include, reporter.say
     )
-    if run.resume:
-        tok = Tokenizer.load(out)
-    else:
-        reporter.phase("tokenizer")
-        reporter.say(
-            f"training a {config.vocab_size}-token BPE tokenizer on {len(train_docs):,} documents"
-        )
-        tok = Tokenizer.train(
-            train_docs,
-            config.vocab_size,
-            progress=reporter.shows_tool_progress(),
-            notify=reporter.say,
-        )
-        if main:
-            tok.save(out)
+    tok = _run_tokenizer(config, train_docs, out, run, main, reporter)
     if fim > 0:
         reporter.say(
             f"fill-in-the-middle: {fim:.0%} of context-sized pieces (PSM and SPM, half each)"
@@ -188,9 +198,12 @@ def _text_data(
 
 def model_config(config: PretrainConfig, vocab_size: int) -> ModelConfig:
     sizes = {
+        "arch": config.arch,
         "vocab_size": vocab_size,
         "max_seq_len": config.seq_len,
         "n_kv_head": config.n_kv_head,
+        "n_layer": config.n_layer,
+        "n_decoder_layer": config.n_decoder_layer,
     }
     if config.depth:
         if config.n_kv_head is None:
@@ -202,13 +215,43 @@ def model_config(config: PretrainConfig, vocab_size: int) -> ModelConfig:
 def pretrain(
     config: PretrainConfig, run: RunConfig, reporter: Reporter | None = None
 ) -> TrainResult:
-    """Train a tokenizer (unless resuming or given token shards) and a decoder-only model into
-    `run.out`, in this process or as one rank of a torchrun job."""
+    """Train a tokenizer (unless resuming or given token shards) and a model into `run.out`:
+    a decoder, an encoder (masked-LM) or, on a `task`, an encoder-decoder (see
+    training.families); in this process or as one rank of a torchrun job."""
+    check_family(config)
     reporter = reporter or Reporter()
     seed_everything(run.seed)
     out = Path(run.out)
     plan = plan_from_env(run.parallel, run.device, run.activation_checkpointing)
     out.mkdir(parents=True, exist_ok=True)
+    if config.task:
+        docs = get_seq2seq_task(config.task).texts()
+        tok = _run_tokenizer(config, docs, out, run, plan.is_main, reporter)
+        cfg = model_config(config, tok.vocab_size)
+        objective, summary, data = task_objective(
+            config, tok, cfg.max_seq_len, run.seed, plan.device
+        )
+    else:
+        objective, summary, data, tok = _token_objective(config, out, run, plan, reporter)
+        cfg = model_config(config, tok.vocab_size)
+    model = build_model(cfg)
+    reporter.say(summary)
+    reporter.say(format_card(model_card(cfg, model)))
+    info = {"stage": "pretrain", "args": asdict(config), "flags": run.budget(), "data": data}
+    if is_code_source(config.data, config.include):
+        info["kind"] = "code"  # completes code (`chatsmith complete`); not a chat model
+    run = replace(run, device=plan.device)  # cuda:LOCAL_RANK under torchrun
+    try:
+        return train(model, cfg, objective, config, run, info, reporter, plan)
+    finally:
+        plan.close()
+
+
+def _token_objective(
+    config: PretrainConfig, out: Path, run: RunConfig, plan: ParallelPlan, reporter: Reporter
+) -> tuple[LanguageModeling | MaskedLM, str, dict, Tokenizer]:
+    """Next-token prediction (decoder) or masked-LM (encoder) on token shards or tokenized
+    text, a summary line, the data's fingerprint and the run's tokenizer."""
     if is_shard_folder(config.data):
         shards, tok, train_tokens, val_tokens = _shard_data(config, out, run.resume, plan.is_main)
         n_train = shards.train_tokens
@@ -219,19 +262,12 @@ def pretrain(
         train_tokens, val_tokens, tok = _text_data(config, out, run, plan.is_main, reporter)
         n_train = len(train_tokens)
         data = data_fingerprint(train=train_tokens, val=val_tokens)
-    cfg = model_config(config, tok.vocab_size)
     if len(val_tokens) < 2:
         raise ChatsmithError("held-out data is too small to evaluate; give --val-data")
-    model = build_model(cfg)
-    sizes = (cfg.max_seq_len, config.batch_size, run.seed)
-    objective = LanguageModeling(train_tokens, val_tokens, tok, *sizes, plan.device, plan)
-    reporter.say(f"data: {n_train:,} training tokens, {len(val_tokens):,} held-out tokens")
-    reporter.say(format_card(model_card(cfg, model)))
-    info = {"stage": "pretrain", "args": asdict(config), "flags": run.budget(), "data": data}
-    if is_code_source(config.data, config.include):
-        info["kind"] = "code"  # completes code (`chatsmith complete`); not a chat model
-    run = replace(run, device=plan.device)  # cuda:LOCAL_RANK under torchrun
-    try:
-        return train(model, cfg, objective, config, run, info, reporter, plan)
-    finally:
-        plan.close()
+    summary = f"data: {n_train:,} training tokens, {len(val_tokens):,} held-out tokens"
+    sizes = (config.seq_len, config.batch_size, run.seed, plan.device)
+    if config.arch == "encoder":
+        objective = masked_objective(train_tokens, val_tokens, tok, *sizes)
+    else:
+        objective = LanguageModeling(train_tokens, val_tokens, tok, *sizes, plan)
+    return objective, summary, data, tok

@@ -1,69 +1,65 @@
-"""The sequence-to-sequence objective for the encoder-decoder (teacher forcing); it plugs into
-the same training loop as pretraining, SFT and RL."""
+"""The sequence-to-sequence objective (teacher forcing on source/target pairs); it plugs into
+the same training loop as pretraining, SFT and RL. An encoder-decoder reads the source with its
+encoder; a decoder-only model reads it as a prefix, so the two families compare on a task."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from chatsmith.data.batching import pad_right
+from chatsmith.data.batching import EpochOrder
+from chatsmith.inference.seq2seq import HELD_OUT_PAIRS, Pairs, batch_loss, score_pairs, to_batch
 from chatsmith.models import IGNORE_INDEX
 
-
-def _padded(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, mask) right-padded to the longest sequence; mask is True at real tokens."""
-    ids = pad_right(seqs, pad)
-    lengths = torch.tensor([len(s) for s in seqs])
-    return ids, torch.arange(ids.shape[1])[None, :] < lengths[:, None]
+QUICK_EVAL_PAIRS = 256
 
 
 class Seq2Seq:
-    """Learn target given source: teacher forcing on (source, target) pairs of token ids."""
+    """Learn target given source, by teacher forcing on (source, target) token-id pairs.
+
+    `sep_id=None` trains an encoder-decoder; otherwise a decoder-only model on BOS source SEP
+    target. Pairs are drawn in a shuffled order per epoch (a pure function of seed and epoch),
+    so resuming needs only the number drawn.
+    """
 
     name = "seq2seq"
 
     def __init__(
         self,
-        pairs: list[tuple[list[int], list[int]]],
-        val_pairs: list[tuple[list[int], list[int]]],
+        pairs: Pairs,
+        val_pairs: Pairs,
         bos_id: int,
         pad_id: int,
         batch_size: int,
         device: torch.device,
+        seed: int = 0,
+        sep_id: int | None = None,
     ):
         self.pairs, self.val_pairs = pairs, val_pairs
-        self.bos, self.pad, self.batch_size, self.device = bos_id, pad_id, batch_size, device
+        self.bos, self.pad, self.sep = bos_id, pad_id, sep_id
+        self.batch_size, self.device = batch_size, device
+        self.order = EpochOrder(len(pairs), seed)
         self.position = 0
 
-    def _batch(self, pairs: list[tuple[list[int], list[int]]]) -> dict:
-        src, src_mask = _padded([p[0] for p in pairs], self.pad)
-        tgt_in, _ = _padded([[self.bos, *p[1][:-1]] for p in pairs], self.pad)
-        tgt_out, out_mask = _padded([p[1] for p in pairs], self.pad)
-        tgt_out = tgt_out.masked_fill(~out_mask, IGNORE_INDEX)
-        d = self.device
-        return {
-            "src": src.to(d),
-            "src_mask": src_mask.to(d),
-            "tgt": tgt_in.to(d),
-            "y": tgt_out.to(d),
-        }
+    def _batch(self, pairs: Pairs) -> dict:
+        return to_batch(pairs, self.bos, self.pad, self.sep, self.device)
 
     def next_batch(self, model: nn.Module) -> dict:
-        n = len(self.pairs)
-        picked = [self.pairs[(self.position + i) % n] for i in range(self.batch_size)]
+        picked = [self.pairs[self.order[self.position + i]] for i in range(self.batch_size)]
         self.position += self.batch_size
         return self._batch(picked)
 
     def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
-        return model(batch["src"], batch["tgt"], batch["y"], src_mask=batch["src_mask"])[1], {}
+        return batch_loss(model, batch), {"epoch": self.position / len(self.pairs)}
 
     def batch_tokens(self, batch: dict) -> int:
         return int((batch["y"] != IGNORE_INDEX).sum())
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, final: bool) -> dict:
-        b = self._batch(self.val_pairs)
-        return {"val_loss": float(model(b["src"], b["tgt"], b["y"], src_mask=b["src_mask"])[1])}
+        """Mean loss per target token over the first held-out pairs (a fixed set)."""
+        pairs = self.val_pairs[: HELD_OUT_PAIRS if final else QUICK_EVAL_PAIRS]
+        loss, tokens = score_pairs(model, pairs, self.bos, self.pad, self.sep, self.batch_size)
+        return {"val_loss": loss, "val_tokens": tokens}
 
     def state_dict(self) -> dict:
         return {"position": self.position}
