@@ -91,7 +91,12 @@ def reference(corpus, tmp_path_factory, one_thread) -> Path:
 
 
 def step_dir(run: Path, step: int) -> Path:
-    return run / "checkpoints" / f"step_{step:08d}"
+    """The checkpoint of `step`: its last revision when the run saved that step twice (the
+    periodic save and the final one), as step_N.1."""
+    saved = run.glob(f"checkpoints/step_{step:08d}*")
+    revisions = sorted(saved, key=lambda p: int(p.name.partition(".")[2] or 0))
+    assert revisions, f"no checkpoint of step {step} in {run}"
+    return revisions[-1]
 
 
 def test_two_process_ddp_trains_as_one_process(corpus, reference, tmp_path):
