@@ -1,7 +1,7 @@
 """Chat templates, used by SFT, RL, the chat CLI, the server and evaluation.
 
 Every run has one template, `tok.chat` of its tokenizer: chatsmith's own (below) for runs it
-trained, or the imported model's Jinja template (`chatsmith.interop.jinja_chat`) for imported
+trained, or the imported model's Jinja template (`chatsmith.jinja_template`) for imported
 runs. Both turn a message list into ids plus a mask of what SFT learns, and name the ids that
 end a reply. In chatsmith's own template a conversation becomes
 
@@ -47,7 +47,7 @@ def template_for(tok: Tokenizer) -> ChatTemplate:
     """The template a tokenizer's run chats with: imported runs carry their own."""
     if tok.chat_format is None:
         return ChatsmithTemplate(tok)
-    from chatsmith.interop.jinja_chat import JinjaTemplate  # jinja2 only for imported runs
+    from chatsmith.jinja_template import JinjaTemplate  # jinja2 only for imported runs
 
     return JinjaTemplate(tok, tok.chat_format)
 
