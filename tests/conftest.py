@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,14 @@ def run_cli(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProce
         timeout=timeout,
         **kw,
     )
+
+
+def wait_for(cond, timeout: float = 10.0) -> bool:
+    """Poll `cond` until it holds or `timeout` seconds pass (servers answer on their own
+    thread, so tests wait for a state rather than sleep a fixed time)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return False

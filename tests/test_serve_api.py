@@ -11,6 +11,7 @@ import time
 import httpx
 import openai
 import pytest
+from conftest import wait_for
 
 from chatsmith.chat_template import parse, render_prompt
 from chatsmith.inference.loading import load_run
@@ -67,15 +68,6 @@ def slow_engine(app, delay: float) -> list:
 
     engine.step, engine.add = slow_step, recording_add
     return seen
-
-
-def wait_for(cond, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 # ---- endpoints through the openai client ----------------------------------------------------
@@ -359,7 +351,8 @@ def test_queue_full_is_429_with_retry_after(loaded):
                 httpx.get(srv.url + "/health").json()["waiting"]
                 + httpx.get(srv.url + "/health").json()["running"]
                 == 2
-            )
+            ),
+            5.0,
         )
         busy = post(srv, "/v1/completions", body)
         err = error_of(busy, 429)

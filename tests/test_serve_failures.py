@@ -12,6 +12,7 @@ import time
 import httpx
 import pytest
 import torch
+from conftest import wait_for
 
 from chatsmith.inference.loading import load_run
 from chatsmith.serving.app import create_app
@@ -72,15 +73,6 @@ def stream(url: str, prompt: str, max_tokens: int) -> list[dict]:
 
 def health(url: str) -> httpx.Response:
     return httpx.get(url + "/health", timeout=10)
-
-
-def wait_for(cond, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 @pytest.mark.parametrize("at", ["prefill", "decode"])

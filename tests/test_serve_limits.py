@@ -12,6 +12,7 @@ import time
 
 import httpx
 import pytest
+from conftest import wait_for
 
 from chatsmith.inference.loading import load_run
 from chatsmith.serving.app import create_app
@@ -22,15 +23,6 @@ from chatsmith.serving.live import LiveServer
 @pytest.fixture(scope="module")
 def loaded(tiny_run):
     return load_run(tiny_run, "cpu")
-
-
-def wait_for(cond, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def recording_encode(app) -> list[bool]:
