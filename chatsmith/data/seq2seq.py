@@ -10,13 +10,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from chatsmith.data import chitchat
 from chatsmith.data.splits import SPLITS, TASK_HELD_OUT_EVERY, check_split, split_every
-from chatsmith.data.tasks import Task, TaskPrompt, get_task
+from chatsmith.data.tasks import Task, TaskPrompt, get_task, json_record
 from chatsmith.errors import ChatsmithError
 from chatsmith.tokenizer import Tokenizer
 
@@ -100,15 +99,8 @@ class JsonlPairs(Seq2SeqTask):
 
     @staticmethod
     def _parse(line: str, where: str) -> tuple[str | None, Pair]:
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ChatsmithError(f"{where}: not valid JSON ({e.msg})") from None
-        if not isinstance(obj, dict):
-            raise ChatsmithError(f"{where}: expected an object with source and target")
+        obj = json_record(line, where, ("source", "target"))
         for key in ("source", "target"):
-            if key not in obj:
-                raise ChatsmithError(f"{where}: missing field {key!r}")
             if not isinstance(obj[key], str) or not obj[key].strip():
                 raise ChatsmithError(f"{where}: {key!r} must be a non-empty string")
         split = obj.get("split")

@@ -65,15 +65,7 @@ class JsonlTask(Task):
 
     def _parse_line(self, line: str, n: int) -> tuple[str | None, TaskPrompt]:
         where = f"{self.path}:{n}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ChatsmithError(f"{where}: not valid JSON ({e.msg})") from None
-        if not isinstance(obj, dict):
-            raise ChatsmithError(f"{where}: expected an object with prompt and answer")
-        for key in ("prompt", "answer"):
-            if key not in obj:
-                raise ChatsmithError(f"{where}: missing field {key!r}")
+        obj = json_record(line, where, ("prompt", "answer"))
         prompt, answer = obj["prompt"], obj["answer"]
         if not isinstance(prompt, str) or not prompt.strip():
             raise ChatsmithError(f"{where}: 'prompt' must be a non-empty string")
@@ -202,6 +194,21 @@ class PythonTask(Task):
         if callable(getattr(self.user, "sft_conversations", None)):
             return self.user.sft_conversations(split)
         return super().sft_conversations(split)
+
+
+def json_record(line: str, where: str, keys: tuple[str, ...]) -> dict:
+    """One JSONL line of a task file as an object holding `keys`; else one error naming
+    `where` (file:line)."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ChatsmithError(f"{where}: not valid JSON ({e.msg})") from None
+    if not isinstance(obj, dict):
+        raise ChatsmithError(f"{where}: expected an object with {' and '.join(keys)}")
+    for key in keys:
+        if key not in obj:
+            raise ChatsmithError(f"{where}: missing field {key!r}")
+    return obj
 
 
 def get_task(name_or_path: str) -> Task:
