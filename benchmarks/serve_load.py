@@ -63,8 +63,9 @@ def build_run(out: Path, depth: int, seq_len: int) -> None:
     """
     import torch
 
-    from chatsmith.checkpoint import save_checkpoint, write_json_atomic
+    from chatsmith.checkpoint import save_checkpoint
     from chatsmith.data import chitchat
+    from chatsmith.files import write_json_atomic
     from chatsmith.models import build_model, config_from_depth
     from chatsmith.tokenizer import Tokenizer
 

@@ -37,6 +37,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from chatsmith.errors import ChatsmithError
+from chatsmith.files import write_json_atomic, write_text_atomic
 from chatsmith.models import ModelConfig
 from chatsmith.tokenizer import TOKENIZER_FILE, Tokenizer
 from chatsmith.validation import Field, check_record
@@ -57,17 +58,6 @@ RUN_FIELDS = {
     "flags": Field(dict, optional=True),
     "data": Field(dict, optional=True),
 }
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file and rename it over `path`: readers see old or new, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2))
 
 
 def read_json(path: Path, what: str) -> Any:

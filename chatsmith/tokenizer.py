@@ -24,6 +24,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.pre_tokenizers import ByteLevel
 
 from chatsmith.errors import ChatsmithError
+from chatsmith.files import write_atomic, write_json_atomic
 
 if TYPE_CHECKING:
     from chatsmith.chat_template import ChatTemplate
@@ -210,9 +211,7 @@ class Tokenizer:
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / TOKENIZER_FILE
-        tmp = path.with_suffix(".tmp")
-        self.hf.save(str(tmp))
-        tmp.replace(path)
+        write_atomic(path, lambda tmp: self.hf.save(str(tmp)))
         return path
 
     @classmethod
@@ -242,10 +241,7 @@ class Tokenizer:
         """Write this tokenizer (and its chat format, if imported) into a new run folder."""
         self.save(folder)
         if self.chat_format is not None:
-            path = Path(folder) / CHAT_FORMAT_FILE
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.chat_format, indent=2))
-            tmp.replace(path)
+            write_json_atomic(Path(folder) / CHAT_FORMAT_FILE, self.chat_format)
 
     @classmethod
     def train(

@@ -263,3 +263,49 @@ def test_resume_with_another_optimizer_is_one_clear_error(tiny_run, corpus, tmp_
             tiny_flags(run, step + 2, resume=True),
             Reporter(quiet=True),
         )
+
+
+def _write_many(path: str, text: str, start: float, seconds: float) -> None:
+    import time
+
+    from chatsmith.files import write_text_atomic
+
+    time.sleep(max(0.0, start - time.time()))  # all writers begin at the same instant
+    while time.time() < start + seconds:
+        write_text_atomic(Path(path), text)
+
+
+def test_processes_writing_one_file_at_once_never_collide(tmp_path):
+    # torchrun ranks copy the same tokenizer into a new run folder at the same instant
+    import multiprocessing as mp
+
+    target = tmp_path / "tokenizer.json"
+    ctx = mp.get_context("spawn")
+    import time
+
+    start = time.time() + 3  # after the spawned interpreters have started
+    args = (str(target), "x" * 4096, start, 1.0)
+    procs = [ctx.Process(target=_write_many, args=args) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert target.read_text() == "x" * 4096
+    assert [p.name for p in tmp_path.iterdir()] == ["tokenizer.json"]
+
+
+def test_a_failed_atomic_write_keeps_the_old_file_and_no_temporary(tmp_path):
+    from chatsmith.files import write_atomic
+
+    target = tmp_path / "index.json"
+    target.write_text("old")
+
+    def half_then_fail(tmp: Path) -> None:
+        tmp.write_text("ne")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        write_atomic(target, half_then_fail)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["index.json"]

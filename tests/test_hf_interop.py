@@ -206,7 +206,8 @@ def imported(hf_folders, tmp_path_factory) -> dict[str, Path]:
 
 def native_run(folder: Path, arch: str = "decoder") -> Path:
     """A chatsmith run with random weights: its export must compute what it computes."""
-    from chatsmith.checkpoint import RUN_FILE, save_checkpoint, write_json_atomic
+    from chatsmith.checkpoint import RUN_FILE, save_checkpoint
+    from chatsmith.files import write_json_atomic
     from chatsmith.models import build_model, config_from_preset
     from chatsmith.tokenizer import Tokenizer
 

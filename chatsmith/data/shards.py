@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from chatsmith.errors import ChatsmithError
+from chatsmith.files import write_atomic, write_json_atomic
 from chatsmith.tokenizer import TOKENIZER_FILE, Tokenizer
 
 INDEX_FILE = "index.json"
@@ -60,12 +61,6 @@ def token_dtype(vocab_size: int, name: str | None = None) -> np.dtype:
 
 def is_shard_folder(path: str | Path) -> bool:
     return (Path(path) / INDEX_FILE).is_file()
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 def _is_val(doc: int, share: float) -> bool:
@@ -189,13 +184,11 @@ class _Writer:
     def flush_shard(self, resume: dict | None) -> None:
         n = len(self.index["train"])
         name = f"train_{n:06d}.bin"
-        tmp = self.out / (name + ".tmp")
-        self.buf[: self.fill].tofile(tmp)
-        os.replace(tmp, self.out / name)
+        write_atomic(self.out / name, self.buf[: self.fill].tofile)
         self.index["train"].append({"file": name, "tokens": self.fill})
         if resume is not None:
             self.index["resume"] = resume
-        _write_json_atomic(self.out / INDEX_FILE, self.index)
+        write_json_atomic(self.out / INDEX_FILE, self.index)
         self.fill = 0
 
     def finish(self, documents: int) -> None:
@@ -207,7 +200,7 @@ class _Writer:
         self.index.update(
             val={"file": VAL_FILE, "tokens": self.val_tokens}, documents=documents, complete=True
         )
-        _write_json_atomic(self.out / INDEX_FILE, self.index)
+        write_json_atomic(self.out / INDEX_FILE, self.index)
 
 
 def _start_index(out: Path, tokenizer_file: Path, shard_tokens: int, val_share: float) -> dict:
@@ -229,9 +222,8 @@ def _start_index(out: Path, tokenizer_file: Path, shard_tokens: int, val_share: 
         out.mkdir(parents=True, exist_ok=True)
         if any(out.iterdir()):
             raise ChatsmithError(f"{out} is not empty and holds no shards; choose a new --out")
-        shutil.copyfile(tokenizer_file, out / (TOKENIZER_FILE + ".tmp"))
-        os.replace(out / (TOKENIZER_FILE + ".tmp"), out / TOKENIZER_FILE)
-        _write_json_atomic(path, fresh)
+        write_atomic(out / TOKENIZER_FILE, lambda tmp: shutil.copyfile(tokenizer_file, tmp))
+        write_json_atomic(path, fresh)
         return fresh
     index = read_index(out)
     if index.get("complete"):

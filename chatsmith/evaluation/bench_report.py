@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chatsmith.checkpoint import write_json_atomic
 from chatsmith.evaluation.figures import pyplot, save_png
+from chatsmith.files import write_json_atomic
 
 
 def write_outputs(report: dict, png: Path) -> tuple[Path | None, Path]:

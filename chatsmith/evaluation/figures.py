@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from chatsmith.files import write_atomic
 
 
 def pyplot():
@@ -23,8 +24,8 @@ def save_png(fig, out: Path, **kw) -> Path:
     plt = pyplot()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.png")
-    fig.savefig(tmp, **kw)
-    plt.close(fig)
-    os.replace(tmp, out)
+    try:
+        write_atomic(out, lambda tmp: fig.savefig(tmp, format="png", **kw))
+    finally:
+        plt.close(fig)
     return out

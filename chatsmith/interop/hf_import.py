@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from chatsmith.checkpoint import RUN_FILE, save_weights_checkpoint, write_json_atomic
+from chatsmith.checkpoint import RUN_FILE, save_weights_checkpoint
 from chatsmith.errors import ChatsmithError
+from chatsmith.files import write_json_atomic
 from chatsmith.interop.hf_bert import FAMILY as BERT
 from chatsmith.interop.hf_bert import bert_from_hf, bert_model_config
 from chatsmith.interop.hf_config import model_config_from_hf

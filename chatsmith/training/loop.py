@@ -23,9 +23,9 @@ from chatsmith.checkpoint import (
     load_checkpoint,
     load_model_weights,
     save_checkpoint,
-    write_json_atomic,
 )
 from chatsmith.errors import ChatsmithError
+from chatsmith.files import write_json_atomic
 from chatsmith.models import ModelConfig, model_card
 from chatsmith.reporting import Reporter
 from chatsmith.runtime import autocast, configure_cuda, rng_state, set_rng_state

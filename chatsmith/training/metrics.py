@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from chatsmith.checkpoint import write_text_atomic
 from chatsmith.errors import ChatsmithError
+from chatsmith.files import write_text_atomic
 from chatsmith.validation import Field, check_record
 
 METRICS_FILE = "metrics.jsonl"
