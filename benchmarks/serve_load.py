@@ -8,6 +8,11 @@ did not end with a 200 and `data: [DONE]`).
     flock /tmp/chatsmith-bench.lock python benchmarks/serve_load.py            # builds a model
     python benchmarks/serve_load.py --run runs/my-run --levels 1 4 16 64
 
+With --client openai the clients are the `openai` package's async client, as a user's program
+would be (heavier on the shared cores than the raw-socket client). Each level also reports the
+server's per-token overhead: its process CPU time outside the engine's prefill and decode calls
+(HTTP, SSE chunks, detokenising, the hand-off to the event loop), per generated token.
+
 Against `chatsmith bench`: with --bench BENCH.json the concurrency levels default to the batch
 sizes the bench measured, and each level's tokens/s is set beside what the bench predicts for
 a server holding that many requests of the measured shape (mean prompt and reply tokens):
@@ -138,8 +143,43 @@ async def one_request(host: str, port: int, body: dict) -> dict:
     }
 
 
+async def openai_request(client, body: dict) -> dict:
+    """One streaming chat completion through the `openai` package's async client: what a user's
+    program does (it parses every chunk into objects, so it costs the shared cores more)."""
+    import openai
+
+    start = time.perf_counter()
+    stamps: list[float] = []
+    tokens = prompt = None
+    try:
+        stream = await client.chat.completions.create(**body)
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                stamps.append(time.perf_counter())
+            if chunk.usage is not None:
+                tokens, prompt = chunk.usage.completion_tokens, chunk.usage.prompt_tokens
+    except (OSError, openai.APIError) as e:
+        return {"ok": False, "error": repr(e)}
+    gaps = [b - a for a, b in zip(stamps, stamps[1:]) if b > a]
+    return {
+        "ok": tokens is not None,
+        "status": 200,
+        "tokens": tokens or 0,
+        "prompt_tokens": prompt or 0,
+        "ttft": (stamps[0] - start) if stamps else None,
+        "gaps": gaps,
+        "seconds": time.perf_counter() - start,
+    }
+
+
 async def run_level(
-    host: str, port: int, clients: int, requests: int, max_tokens: int, temperature: float = 1.0
+    host: str,
+    port: int,
+    clients: int,
+    requests: int,
+    max_tokens: int,
+    temperature: float = 1.0,
+    client_kind: str = "raw",
 ) -> dict:
     queue: asyncio.Queue = asyncio.Queue()
     for i in range(requests):
@@ -147,11 +187,18 @@ async def run_level(
     results: list[dict] = []
 
     async def worker():
+        client = None
+        if client_kind == "openai":  # one client (and connection pool) per simulated user
+            import openai
+
+            client = openai.AsyncOpenAI(
+                base_url=f"http://{host}:{port}/v1", api_key="none", max_retries=0, timeout=120
+            )
         while True:
             try:
                 i = queue.get_nowait()
             except asyncio.QueueEmpty:
-                return
+                break
             body = {
                 "model": "bench",
                 "max_tokens": max_tokens,
@@ -161,7 +208,12 @@ async def run_level(
                 "stream_options": {"include_usage": True},
                 "messages": [{"role": "user", "content": f"Hi! Tell me a story, number {i}."}],
             }
-            results.append(await one_request(host, port, body))
+            if client is None:
+                results.append(await one_request(host, port, body))
+            else:
+                results.append(await openai_request(client, body))
+        if client is not None:
+            await client.close()
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(clients)))
@@ -187,6 +239,12 @@ async def run_level(
         if ok
         else 0,
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_bench(run: Path, batch: int, prompt: int, new: int, args, out: Path) -> dict:
@@ -249,6 +307,12 @@ def main() -> None:
         type=int,
         default=0,
         help="server's torch threads (0: PyTorch's default, one per core)",
+    )
+    ap.add_argument(
+        "--client",
+        choices=["raw", "openai"],
+        default="raw",
+        help="load generator: raw sockets (cheapest) or the `openai` package's async client",
     )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", type=Path, help="also write the results here")
@@ -316,17 +380,33 @@ def main() -> None:
                 bench = run_bench(run, c, prompt_tokens, args.max_tokens, args, out)
             n = max(args.min_requests, c * args.requests_per_client)
             before = httpx.get(base + "/health").json()
-            res = asyncio.run(run_level("127.0.0.1", port, c, n, args.max_tokens, args.temperature))
+            cpu0 = cpu_seconds(server.pid)
+            res = asyncio.run(
+                run_level("127.0.0.1", port, c, n, args.max_tokens, args.temperature, args.client)
+            )
+            cpu = cpu_seconds(server.pid) - cpu0
             after = httpx.get(base + "/health").json()
             steps = after["steps"] - before["steps"]
+            tokens = max(after["tokens"] - before["tokens"], 1)
+            decode = after["step_seconds"] - before["step_seconds"]
+            prefill = after["prefill_seconds"] - before["prefill_seconds"]
             res["server"] = {
                 "mean_batch": round((after["tokens"] - before["tokens"]) / max(steps, 1), 1),
-                "decode_ms_per_step": round(
-                    1000 * (after["step_seconds"] - before["step_seconds"]) / max(steps, 1), 1
-                ),
-                "prefill_s": round(after["prefill_seconds"] - before["prefill_seconds"], 2),
-                "decode_s": round(after["step_seconds"] - before["step_seconds"], 2),
+                "decode_ms_per_step": round(1000 * decode / max(steps, 1), 2),
+                "prefill_s": round(prefill, 2),
+                "decode_s": round(decode, 2),
+                "cpu_s": round(cpu, 2),
             }
+            if "engine_cpu_seconds" in after:
+                # the server's CPU time per generated token outside the engine thread: HTTP,
+                # SSE chunks, detokenising, the event loop's side of the hand-off
+                engine_cpu = after["engine_cpu_seconds"] - before["engine_cpu_seconds"]
+                res["server"]["engine_cpu_s"] = round(engine_cpu, 2)
+                res["server"]["overhead_us_per_token"] = round(1e6 * (cpu - engine_cpu) / tokens, 1)
+            else:  # older servers: subtract the engine's wall time instead (waits included)
+                res["server"]["overhead_us_per_token"] = round(
+                    1e6 * (cpu - decode - prefill) / tokens, 1
+                )
             if bench is not None:
                 res["bench"] = bench_prediction(bench, res)
             levels.append(res)
@@ -337,15 +417,16 @@ def main() -> None:
     one = next((r for r in levels if r["clients"] == 1), None)
     print(
         "\n| clients | requests | lost | tokens/s | x one client | TTFT p50/p90/p99 ms "
-        "| per-token p50/p90/p99 ms |"
+        "| per-token p50/p90/p99 ms | server overhead µs/token |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in levels:
         speedup = f"{r['tokens_per_s'] / one['tokens_per_s']:.1f}x" if one else "-"
         t, g = r["ttft_ms"], r["token_ms"]
         print(
             f"| {r['clients']} | {r['requests']} | {r['lost']} | {r['tokens_per_s']} | "
-            f"{speedup} | {t['p50']}/{t['p90']}/{t['p99']} | {g['p50']}/{g['p90']}/{g['p99']} |"
+            f"{speedup} | {t['p50']}/{t['p90']}/{t['p99']} | {g['p50']}/{g['p90']}/{g['p99']} "
+            f"| {r['server']['overhead_us_per_token']} |"
         )
     if bench is not None:
         print("\n| clients | served tokens/s | bench predicts | ratio | within 15% |")

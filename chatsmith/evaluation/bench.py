@@ -185,7 +185,7 @@ def measure_batch(
         "per_sequence_tokens_per_s": steps / decode_s if steps else float("nan"),
         "peak_memory_bytes": mem,
         "peak_memory_source": mem_source,
-        "kv_cache_bytes": 2 * engine.cache.k.numel() * engine.cache.k.element_size(),  # k + v
+        "kv_cache_bytes": engine.cache.nbytes(),
     }
 
 

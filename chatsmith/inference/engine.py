@@ -146,9 +146,14 @@ class Engine:
         dtype: torch.dtype | None = None,
         cuda_graph: bool = False,
         start_id: int | None = None,
+        compile: bool = False,
     ):
         """`cuda_graph=True` (CUDA only) records the decode step once and replays it, which
         removes kernel-launch overhead; worth it for an engine that lives long (CLI, server).
+        `compile=True` (CPU or CUDA) runs the decode step through torch.compile: several times
+        faster per token for small models, at a one-off compile of tens of seconds on a small
+        CPU; on CUDA with `cuda_graph` the compiled step is what gets recorded. Either way the
+        step covers every slot with fixed shapes (see `StaticDecodeStep`).
 
         An encoder-decoder model takes the prompt as its source: `add` encodes it once into the
         slot's cache and decoding starts from `start_id`; the rest is the same as decoder-only.
@@ -169,8 +174,9 @@ class Engine:
         self.free: list[int] = list(range(max_batch - 1, -1, -1))
         self.live: list[Generation] = []
         self.static = None
-        if cuda_graph and self.device.type == "cuda":
-            self.static = StaticDecodeStep(self.model, self.cache, use_graph=True)
+        graph = cuda_graph and self.device.type == "cuda"
+        if graph or compile:
+            self.static = StaticDecodeStep(self.model, self.cache, graph, compile=compile)
 
     @property
     def context(self) -> int:

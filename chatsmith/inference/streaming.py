@@ -49,6 +49,8 @@ class StopFilter:
         self.stopped = False
 
     def push(self, text: str) -> str:
+        if not self.stops:  # nothing to look for (most requests): pass the text straight on
+            return text
         if self.stopped:
             return ""
         self.pending += text

@@ -152,9 +152,12 @@ class KVCache:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ):
-        shape = (n_layer, batch_size, max_seq_len, n_kv_head, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # one tensor per layer rather than one (n_layer, ...) tensor: a compiled decode step
+        # then writes each layer's cache in place (a write into a view of one big tensor made
+        # torch.compile copy the whole cache every step)
+        shape = (batch_size, max_seq_len, n_kv_head, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.max_seq_len = max_seq_len
 
@@ -163,6 +166,10 @@ class KVCache:
         return cls(
             cfg.n_layer, batch_size, cfg.max_seq_len, cfg.n_kv_head, cfg.head_dim, device, dtype
         )
+
+    def nbytes(self) -> int:
+        """Memory held by the keys and values."""
+        return sum(t.numel() * t.element_size() for t in (*self.k, *self.v))
 
     def reset(self, rows: Tensor | None = None) -> None:
         if rows is None:
@@ -201,20 +208,20 @@ class CacheView:
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store k, v (B, H, S, D) at their positions; return the row's keys/values so far."""
-        c = self.cache
+        ck, cv = self.cache.k[layer], self.cache.v[layer]  # (batch, T, H, D)
         if self.rows is None:
             batch = torch.arange(k.size(0), device=k.device)[:, None]
-            c.k[layer][batch, self.positions] = k.transpose(1, 2).to(c.k.dtype)
-            c.v[layer][batch, self.positions] = v.transpose(1, 2).to(c.v.dtype)
-            keys, values = c.k[layer].transpose(1, 2), c.v[layer].transpose(1, 2)
+            ck[batch, self.positions] = k.transpose(1, 2).to(ck.dtype)
+            cv[batch, self.positions] = v.transpose(1, 2).to(cv.dtype)
+            keys, values = ck.transpose(1, 2), cv.transpose(1, 2)
         else:
             rows = self.rows[:, None]
-            c.k[layer][rows, self.positions] = k.transpose(1, 2).to(c.k.dtype)
-            c.v[layer][rows, self.positions] = v.transpose(1, 2).to(c.v.dtype)
+            ck[rows, self.positions] = k.transpose(1, 2).to(ck.dtype)
+            cv[rows, self.positions] = v.transpose(1, 2).to(cv.dtype)
             # index_select copies whole rows: several times faster than advanced indexing on
             # CPU, where this gather was a quarter of a batch-16 decode step
-            keys = c.k[layer][:, : self.span].index_select(0, self.rows).transpose(1, 2)
-            values = c.v[layer][:, : self.span].index_select(0, self.rows).transpose(1, 2)
+            keys = ck[:, : self.span].index_select(0, self.rows).transpose(1, 2)
+            values = cv[:, : self.span].index_select(0, self.rows).transpose(1, 2)
         return keys.to(k.dtype), values.to(v.dtype)
 
     def advance(self) -> None:

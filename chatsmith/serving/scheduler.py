@@ -57,12 +57,45 @@ class _Job:
 
 @dataclass(eq=False)
 class Ticket:
-    """One request's sequences; their events arrive on `events` as lists, one list per step."""
+    """One request's sequences and the events posted to it, waiting to be taken.
+
+    A plain list and one future instead of an asyncio.Queue: the reader takes everything that
+    has arrived at once (several steps' worth when it fell behind), and a wait costs one future
+    and one timer, not a task per token."""
 
     loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue = field(default_factory=asyncio.Queue)
     jobs: list[_Job] = field(default_factory=list)
     cancelled: set[int] = field(default_factory=set)  # choice indices to stop
+    _inbox: list = field(default_factory=list)
+    _waiter: asyncio.Future | None = None
+
+    def deliver(self, events: list[Event]) -> None:
+        """Add events (on the ticket's event loop) and wake a waiting reader."""
+        self._inbox.extend(events)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(True)
+
+    def take(self) -> list[Event]:
+        """Every event that has arrived since the last take ([] if none)."""
+        events, self._inbox = self._inbox, []
+        return events
+
+    async def wait(self, timeout: float) -> bool:
+        """Until events arrive (True) or `timeout` seconds pass (False)."""
+        if self._inbox:
+            return True
+        self._waiter = waiter = self.loop.create_future()
+        timer = self.loop.call_later(timeout, _expire, waiter)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+
+def _expire(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
 
 
 class Scheduler:
@@ -86,6 +119,9 @@ class Scheduler:
         self.tokens = 0
         self.step_seconds = 0.0  # time inside Engine.step (decode)
         self.prefill_seconds = 0.0  # time inside Engine.add (prompt prefill)
+        # CPU time the engine thread has used (its own clock, so other threads' work and time
+        # spent waiting for a core are not in it); with one torch thread, all of the model's
+        self.engine_cpu_seconds = 0.0
         self._thread = threading.Thread(target=self._run, name="chatsmith-engine", daemon=True)
         self._thread.start()
 
@@ -146,6 +182,7 @@ class Scheduler:
                 "tokens": self.tokens,
                 "step_seconds": round(self.step_seconds, 3),
                 "prefill_seconds": round(self.prefill_seconds, 3),
+                "engine_cpu_seconds": round(self.engine_cpu_seconds, 3),
             }
 
     def close(self) -> None:
@@ -239,6 +276,7 @@ class Scheduler:
                 continue
             finally:
                 self._busy_since = None
+                self.engine_cpu_seconds = time.thread_time()
             now = time.perf_counter()
             with self._cv:
                 for seq, token in events:
@@ -323,4 +361,4 @@ class Scheduler:
 
 def _deliver(items: list[tuple[Ticket, list[Event]]]) -> None:
     for ticket, events in items:
-        ticket.events.put_nowait(events)
+        ticket.deliver(events)

@@ -7,7 +7,6 @@ the request's stop strings, through the same `StopFilter` the chat session uses.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -337,11 +336,15 @@ class Server:
 
     async def pieces(
         self, ticket: Ticket, stops: list[str]
-    ) -> AsyncIterator[tuple[int, str, ChoiceText]]:
-        """(choice index, new text, state) as tokens arrive, until every choice has finished."""
+    ) -> AsyncIterator[list[tuple[int, str, str | None, ChoiceText]]]:
+        """(choice index, new text, finish reason if this ended it, state) as tokens arrive,
+        until every choice has finished: a list per wake-up, holding whatever arrived meanwhile
+        (one step's, or several when the reader fell behind), so that a stream can send it as
+        one write."""
         states = [ChoiceText(self.tok, stops) for _ in ticket.jobs]
         remaining = len(states)
         while remaining:
+            out = []
             for idx, token, reason in await self._next_events(ticket):
                 st = states[idx]
                 if st.finish is not None:
@@ -356,20 +359,17 @@ class Server:
                 elif reason is not None:
                     piece += st.end(reason)
                 if piece or st.finish is not None:
-                    yield idx, piece, st
+                    out.append((idx, piece, st.finish, st))
                 if st.finish is not None:
                     remaining -= 1
+            if out:
+                yield out
 
     async def _next_events(self, ticket: Ticket) -> list:
-        """The ticket's next events; a 503 if the engine dies or gets stuck meanwhile."""
-        getter = asyncio.ensure_future(ticket.events.get())
-        try:
-            while True:
-                done, _ = await asyncio.wait({getter}, timeout=HEALTH_POLL_S)
-                if done:
-                    return getter.result()
-                problem = self.problem()
-                if problem is not None:
-                    raise self.unavailable(problem)
-        finally:
-            getter.cancel()  # no-op once it has finished
+        """The ticket's events so far (waiting for at least one); a 503 if the engine dies or
+        gets stuck meanwhile."""
+        while not await ticket.wait(HEALTH_POLL_S):
+            problem = self.problem()
+            if problem is not None:
+                raise self.unavailable(problem)
+        return ticket.take()
