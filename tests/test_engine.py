@@ -95,16 +95,32 @@ def test_static_decode_step_matches_per_row_decoding(model):
             assert cache.lengths.tolist() == [ref_cache.lengths[0], 0, ref_cache.lengths[2]]
 
 
+@pytest.mark.slow  # compiling takes tens of seconds on a small CPU
+def test_compiled_decode_step_greedy_equals_eager(model):
+    """The compiled decode step (CPU here) gives the eager engine's greedy tokens, with
+    sequences joining and leaving its slots, and leaves every slot free."""
+    params = SamplingParams(max_tokens=20, temperature=0)
+    compiled = Engine(model, stop_ids=[], max_batch=3, compile=True)
+    eager = Engine(model, stop_ids=[], max_batch=3)
+    assert compiled.static is not None and eager.static is None
+    fast = [g.tokens for g in compiled.generate_many(prompts(5), params)]  # 5 through 3 slots
+    assert fast == [g.tokens for g in eager.generate_many(prompts(5), params)]
+    assert all(len(t) == 20 for t in fast) and len(compiled.free) == 3
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_graph_greedy_decoding_equals_eager():
-    """The recorded-and-replayed decode step changes nothing but speed."""
+def test_cuda_decode_paths_greedy_equal_eager():
+    """Recorded-and-replayed, and compiled inside the recording: nothing changes but speed."""
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=64, n_layer=2, n_head=2, n_kv_head=1, d_model=32, max_seq_len=48)
     model = build_model(cfg).cuda().eval()
     params = SamplingParams(max_tokens=20, temperature=0)
-    graph = Engine(model, stop_ids=[], max_batch=3, cuda_graph=True)
     eager = Engine(model, stop_ids=[], max_batch=3, cuda_graph=False)
-    assert graph.static is not None and eager.static is None
-    replayed = [g.tokens for g in graph.generate_many(prompts(5), params)]  # 5 through 3 slots
-    assert replayed == [g.tokens for g in eager.generate_many(prompts(5), params)]
-    assert all(len(t) == 20 for t in replayed)
+    expected = [g.tokens for g in eager.generate_many(prompts(5), params)]
+    assert eager.static is None and all(len(t) == 20 for t in expected)
+    for opts in ({"cuda_graph": True}, {"cuda_graph": True, "compile": True}, {"compile": True}):
+        engine = Engine(model, stop_ids=[], max_batch=3, **opts)
+        assert engine.static is not None
+        assert (engine.static.graph is not None) == opts.get("cuda_graph", False)
+        got = [g.tokens for g in engine.generate_many(prompts(5), params)]  # 5 through 3 slots
+        assert got == expected, opts

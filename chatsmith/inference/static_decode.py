@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from chatsmith.models import KVCache
 
@@ -25,10 +26,13 @@ class StaticDecodeStep:
         """`compile`: run the step through torch.compile (fixed shapes, one graph). The first
         call compiles (tens of seconds on a small CPU; Inductor caches the result on disk)."""
         self.model, self.cache = model, cache
-        # dynamic=False: the shapes never change, so one specialised graph serves every step
-        self._forward = (
-            torch.compile(self._run, dynamic=False, fullgraph=True) if compile else self._run
-        )
+        self._forward = self._run
+        if compile:
+            # on CPU the fused attention kernel is slow for one query per row (it was most of a
+            # compiled batch-16 step); the math form compiles to loops that Inductor fuses
+            step = self._run_math if cache.lengths.device.type == "cpu" else self._run
+            # dynamic=False: the shapes never change, so one specialised graph serves every step
+            self._forward = torch.compile(step, dynamic=False, fullgraph=True)
         batch, device = cache.lengths.numel(), cache.lengths.device
         self.tokens = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.active = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -42,6 +46,10 @@ class StaticDecodeStep:
         logits, _ = self.model(self.tokens, cache=self.cache, rows=None, last_only=True)
         self.cache.lengths.copy_(torch.where(self.active, self.cache.lengths, saved))
         return logits[:, -1]
+
+    def _run_math(self) -> torch.Tensor:
+        with sdpa_kernel(SDPBackend.MATH):
+            return self._run()
 
     @torch.inference_mode()
     def _capture(self) -> None:
