@@ -32,6 +32,10 @@ app = typer.Typer(
 RunArg = typer.Argument(..., help="A run folder written by a training command.")
 DeviceOpt = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
 JsonOpt = typer.Option(False, "--json", help="Print the figures as one JSON object.")
+COMPILE_HELP = (
+    "Compile the decode step with torch.compile: several times more tokens/s for a small "
+    "model, after a one-off compile of tens of seconds."
+)
 
 
 def say(msg: str) -> None:
@@ -390,6 +394,7 @@ def chat(
     max_tokens: int = typer.Option(256, help="Longest reply in tokens."),
     seed: Optional[int] = typer.Option(None, help="Seed for reproducible replies."),
     device: str = DeviceOpt,
+    compile_step: bool = typer.Option(False, "--compile", help=COMPILE_HELP),
 ) -> None:
     """Chat with a fine-tuned model in the terminal; replies stream in token by token."""
     from chatsmith.inference.chat import ChatSession
@@ -401,7 +406,7 @@ def chat(
         max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
     )
     params.validate()
-    engine = loaded.engine()
+    engine = loaded.engine(compile=compile_step)
     stage = loaded.info.get("stage")
     if engine.seq2seq:
         say(f"note: {run} is an encoder-decoder; it replies to your last message only")
@@ -492,6 +497,7 @@ def serve(
         None, help="CPU threads for the model (default: PyTorch's choice)."
     ),
     device: str = DeviceOpt,
+    compile_step: bool = typer.Option(False, "--compile", help=COMPILE_HELP),
 ) -> None:
     """Serve a model over an OpenAI-compatible API, with a chat page at /."""
     from chatsmith.serving.config import ServeLimits
@@ -529,7 +535,13 @@ def serve(
 
         torch.set_num_threads(threads)
     loaded = _load(run, device)
-    application = create_app(loaded, limits, api_key, allowed_hosts_for(host, allowed_host or ()))
+    application = create_app(
+        loaded,
+        limits,
+        api_key,
+        allowed_hosts_for(host, allowed_host or ()),
+        compile_step=compile_step,
+    )
     if api_key is None and not is_loopback(host):
         print(
             f"warning: listening on {host} without an API key: anyone who can reach this "

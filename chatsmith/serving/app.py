@@ -32,11 +32,12 @@ def create_app(
     limits: ServeLimits | None = None,
     api_key: str | None = None,
     allowed_hosts: Iterable[str] | None = LOOPBACK_HOSTS,
+    compile_step: bool = False,
 ) -> FastAPI:
     """The app for one loaded run: OpenAI-compatible endpoints and the chat page.
 
     `allowed_hosts`: the Host names answered (default: loopback names only, for a server bound
-    to loopback); None answers any name.
+    to loopback); None answers any name. `compile_step`: the engine's compiled decode step.
     """
     app = FastAPI(
         title="chatsmith",
@@ -44,7 +45,7 @@ def create_app(
         lifespan=_lifespan,
         description="OpenAI-compatible API for a chatsmith model.",
     )
-    app.state.server = Server(loaded, limits or ServeLimits(), api_key)
+    app.state.server = Server(loaded, limits or ServeLimits(), api_key, compile_step)
     limits = app.state.server.limits
     app.add_middleware(BodyGuard, limit=limits.max_body_bytes, timeout=limits.body_timeout_s)
     app.add_middleware(CrossSiteGuard, allowed_hosts=allowed_hosts)  # added last: runs first

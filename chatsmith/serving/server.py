@@ -75,7 +75,13 @@ class ChoiceText:
 class Server:
     """State shared by the request handlers: model, tokenizer, limits and the scheduler."""
 
-    def __init__(self, loaded: LoadedRun, limits: ServeLimits, api_key: str | None):
+    def __init__(
+        self,
+        loaded: LoadedRun,
+        limits: ServeLimits,
+        api_key: str | None,
+        compile_step: bool = False,
+    ):
         limits.validate()
         if api_key is not None and not api_key.strip():
             # a blank key would let a bare "Authorization: Bearer" in
@@ -100,6 +106,7 @@ class Server:
                 max_batch=limits.max_batch,
                 cuda_graph=True,
                 start_id=self.tok.bos_id,
+                compile=compile_step,
             )
         self.scheduler: Scheduler | None = None
         self.embedder: EmbeddingBatcher | None = None
