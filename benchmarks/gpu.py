@@ -153,22 +153,27 @@ def bench_decode(shape: dict, device: torch.device) -> dict:
     out: dict = {"paths": {}, "ttft": {}, "greedy_equal_to_eager": {}}
     reference: dict[int, list] = {}
     for name, opts in decode_paths(device).items():
-        for batch in shape["batches"]:
-            t0 = time.perf_counter()
-            engine = Engine(loaded.model, stop_ids=[], max_batch=batch, **opts)
-            res = time_decode(loaded, engine, batch, shape["prompt"], shape["new_tokens"])
-            res["setup_and_warmup_s"] = round(time.perf_counter() - t0, 1)
-            tokens = res.pop("tokens")
-            if name == "eager":
-                reference[batch] = tokens
-            else:
-                same = sum(a == b for a, b in zip(tokens, reference[batch]))
-                out["greedy_equal_to_eager"][f"{name}_batch{batch}"] = f"{same}/{batch} rows"
-            out["paths"].setdefault(name, []).append(res)
-            print(json.dumps({"decode": name, **res}), flush=True)
-        engine = Engine(loaded.model, stop_ids=[], max_batch=1, **opts)
-        out["ttft"][name] = time_ttft(loaded, engine, shape["ttft_prompt"], shape["ttft_repeats"])
-        print(json.dumps({"ttft": name, **out["ttft"][name]}), flush=True)
+        try:  # a path that fails is recorded, and the others still run: GPU minutes are scarce
+            for batch in shape["batches"]:
+                t0 = time.perf_counter()
+                engine = Engine(loaded.model, stop_ids=[], max_batch=batch, **opts)
+                res = time_decode(loaded, engine, batch, shape["prompt"], shape["new_tokens"])
+                res["setup_and_warmup_s"] = round(time.perf_counter() - t0, 1)
+                tokens = res.pop("tokens")
+                if name == "eager":
+                    reference[batch] = tokens
+                elif batch in reference:
+                    same = sum(a == b for a, b in zip(tokens, reference[batch]))
+                    out["greedy_equal_to_eager"][f"{name}_batch{batch}"] = f"{same}/{batch} rows"
+                out["paths"].setdefault(name, []).append(res)
+                print(json.dumps({"decode": name, **res}), flush=True)
+            engine = Engine(loaded.model, stop_ids=[], max_batch=1, **opts)
+            ttft = time_ttft(loaded, engine, shape["ttft_prompt"], shape["ttft_repeats"])
+            out["ttft"][name] = ttft
+            print(json.dumps({"ttft": name, **ttft}), flush=True)
+        except Exception as e:
+            out.setdefault("errors", {})[name] = repr(e)
+            print(json.dumps({"decode": name, "error": repr(e)}), flush=True)
     out["model"] = {
         "preset": shape["preset"],
         "context": shape["seq_len"],
@@ -182,14 +187,10 @@ def bench_decode(shape: dict, device: torch.device) -> dict:
 
 def bench_train(shape: dict, device: torch.device, minutes: float, out_dir: Path) -> list[dict]:
     """The real `pretrain` stage for `minutes` with each optimizer; steady tokens/s and MFU."""
-    from chatsmith.models import build_model, model_card
-    from chatsmith.reporting import Reporter
-    from chatsmith.training.config import PretrainConfig, RunConfig
-    from chatsmith.training.pretrain import model_config, pretrain
+    from chatsmith.training.config import PretrainConfig
 
     results = []
     for optimizer in ("adamw", "muon"):
-        out = out_dir / optimizer
         args = PretrainConfig(
             preset=shape["preset"],
             seq_len=shape["seq_len"],
@@ -201,39 +202,50 @@ def bench_train(shape: dict, device: torch.device, minutes: float, out_dir: Path
             lr=6e-4,
             warmup_steps=50,
         )
-        t0 = time.time()
-        result = pretrain(
-            args, RunConfig(out=out, max_minutes=minutes, device=device), Reporter(quiet=True)
-        )
-        wall = time.time() - t0
-        records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-        speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
-        steady = statistics.median(speeds[len(speeds) // 2 :]) if speeds else float("nan")
-        vocab = json.loads((out / "run.json").read_text())["model"]["vocab_size"]
-        cfg = model_config(args, vocab)
-        card = model_card(cfg, build_model(cfg))
-        peak = peak_flops()
-        res = {
-            "optimizer": optimizer,
-            "batch": shape["batch_size"],
-            "seq_len": shape["seq_len"],
-            "parameters": card["parameters"],
-            "flops_per_token": card["flops_per_token"],
-            "steps": result.step,
-            "train_seconds": round(result.train_seconds, 1),
-            "wall_seconds": round(wall, 1),
-            "steady_tokens_per_s": round(steady),
-            "mfu": round(card["flops_per_token"] * steady / peak, 4) if peak else None,
-            "val_bpb": round(result.final_eval["val_bpb"], 4),
-            "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
-            if device.type == "cuda"
-            else None,
-        }
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
+        try:
+            res = train_once(args, out_dir / optimizer, device, minutes)
+        except Exception as e:  # recorded; the other optimizer still runs
+            res = {"optimizer": optimizer, "error": repr(e)}
         results.append(res)
         print(json.dumps({"train": res}), flush=True)
     return results
+
+
+def train_once(args, out: Path, device: torch.device, minutes: float) -> dict:
+    from chatsmith.models import build_model, model_card
+    from chatsmith.reporting import Reporter
+    from chatsmith.training.config import RunConfig
+    from chatsmith.training.pretrain import model_config, pretrain
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.time()
+    result = pretrain(
+        args, RunConfig(out=out, max_minutes=minutes, device=device), Reporter(quiet=True)
+    )
+    wall = time.time() - t0
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
+    steady = statistics.median(speeds[len(speeds) // 2 :]) if speeds else float("nan")
+    cfg = model_config(args, json.loads((out / "run.json").read_text())["model"]["vocab_size"])
+    card = model_card(cfg, build_model(cfg))
+    peak = peak_flops()
+    return {
+        "optimizer": args.optimizer,
+        "batch": args.batch_size,
+        "seq_len": args.seq_len,
+        "parameters": card["parameters"],
+        "flops_per_token": card["flops_per_token"],
+        "steps": result.step,
+        "train_seconds": round(result.train_seconds, 1),
+        "wall_seconds": round(wall, 1),
+        "steady_tokens_per_s": round(steady),
+        "mfu": round(card["flops_per_token"] * steady / peak, 4) if peak else None,
+        "val_bpb": round(result.final_eval["val_bpb"], 4),
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        if device.type == "cuda"
+        else None,
+    }
 
 
 def main() -> None:
@@ -244,7 +256,7 @@ def main() -> None:
     ap.add_argument("--train", action="store_true", help="training figures only")
     ap.add_argument("--decode", action="store_true", help="decoding figures only")
     ap.add_argument("--dry-run", action="store_true", help="tiny shapes: check every path")
-    ap.add_argument("--train-minutes", type=float, default=1.5, help="per optimizer")
+    ap.add_argument("--train-minutes", type=float, default=1.25, help="per optimizer")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, help="folder for the training runs (default: temporary)")
     ap.add_argument("--json", type=Path, help="write the results here")
@@ -263,17 +275,22 @@ def main() -> None:
         "dry_run": a.dry_run,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+    def save() -> str:  # after each half, so that a run cut short keeps what it measured
+        summary["wall_seconds"] = round(time.time() - started, 1)
+        text = json.dumps(summary, indent=2)
+        if a.json:
+            a.json.parent.mkdir(parents=True, exist_ok=True)
+            a.json.write_text(text + "\n")
+        return text
+
     if a.all or a.decode:
         summary["decode"] = bench_decode(shape, device)
+        save()
     if a.all or a.train:
         with tempfile.TemporaryDirectory(prefix="chatsmith-gpu-") as tmp:
             summary["train"] = bench_train(shape, device, minutes, a.out or Path(tmp))
-    summary["wall_seconds"] = round(time.time() - started, 1)
-    text = json.dumps(summary, indent=2)
-    print(text)
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(text + "\n")
+    print(save())
 
 
 if __name__ == "__main__":
