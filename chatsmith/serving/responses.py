@@ -88,7 +88,8 @@ def sse(obj: dict | str) -> str:
     return f"data: {data}\n\n"
 
 
-# stands for a chunk's text while its template is made (JSON keeps it as it is)
+# stands for a chunk's text while its template is made; its JSON form is then cut out (no
+# id or model name holds NUL characters)
 _TEXT = "\x00text\x00"
 
 
