@@ -194,6 +194,15 @@ class RLConfig(TrainConfig):
         "Divide advantages by the group's reward std",
         "--std-normalize/--no-std-normalize",
     )
+    skip_flat_groups: bool = option(
+        True,
+        "Drop groups whose replies all scored the same (they teach nothing) and sample more "
+        "prompts instead, so every step trains on --prompts-per-step informative groups",
+        "--skip-flat-groups/--keep-flat-groups",
+    )
+    sample_rounds: int = option(
+        4, "Most rounds of --prompts-per-step prompts sampled for one step (--skip-flat-groups)"
+    )
     eval_every: int = option(25, "Steps between held-out pass@1 checks")
     eval_prompts: int = 100
     save_every: int = option(50, "Steps between checkpoints")
