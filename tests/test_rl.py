@@ -19,7 +19,7 @@ from chatsmith.inference.tasks import evaluate_task
 from chatsmith.reporting import Reporter
 from chatsmith.training.config import RLConfig
 from chatsmith.training.metrics import read_metrics
-from chatsmith.training.rl import group_advantages, grpo_loss, rl
+from chatsmith.training.rl import GroupRelativeObjective, group_advantages, grpo_loss, rl
 
 # Replies of the tiny chitchat model start with a space about 40% of the time: a reward the
 # policy can visibly learn in a few steps.
@@ -41,6 +41,17 @@ class Flaky:
         if reply.startswith(" "):
             raise RuntimeError("checker bug")
         return "yes" if len(reply) % 2 else 0.5
+"""
+
+# Half the prompts score the same whatever the reply (no learning signal); the other half
+# reward a leading space, which the tiny model writes about 40% of the time.
+HALF_FLAT_TASK = """
+class HalfFlat:
+    def prompts(self):
+        return [f"{k} about {w}." for w in "cats dogs rain tea".split() for k in ("Fixed", "Talk")] * 4
+
+    def reward(self, prompt, reply):
+        return 1.0 if prompt.startswith("Fixed") else float(reply.startswith(" "))
 """
 
 
@@ -105,6 +116,39 @@ def test_grpo_loss_hand_made():
     assert kl2.item() == pytest.approx(k3)
     assert loss2.item() == pytest.approx(2 / 3 + 0.1 * k3)
     assert math.isfinite(loss2.item())
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_flat_groups_are_dropped_and_more_prompts_sampled(tiny_run, tmp_path, skip):
+    path = tmp_path / "half_flat.py"
+    path.write_text(HALF_FLAT_TASK)
+    loaded = load_run(tiny_run, "cpu")
+    config = rl_args(tiny_run, path, prompts_per_step=4, sample_rounds=3, skip_flat_groups=skip)
+    objective = GroupRelativeObjective(
+        get_task(str(path)), loaded.tokenizer, config, 0, torch.device("cpu")
+    )
+    trained = sampled = informative = 0.0
+    for _ in range(3):
+        batch = objective.next_batch(loaded.model)
+        adv = batch["adv"].view(-1, config.group_size)  # (groups, G)
+        fig = batch["figures"]
+        flat = int((adv.abs().sum(1) == 0).sum())
+        assert adv.shape[0] == fig["trained_groups"]
+        if skip:
+            assert flat == 0  # every trained group carries signal
+            assert fig["sampled_groups"] in (4, 8, 12)  # whole rounds of 4 prompts
+            # it stopped at the first round that filled the step (or after the last round)
+            assert fig["trained_groups"] >= 4 or fig["sampled_groups"] == 12
+        else:
+            assert fig["sampled_groups"] == fig["trained_groups"] == 4
+        trained += fig["trained_groups"]
+        sampled += fig["sampled_groups"]
+        informative += fig["informative"] * fig["sampled_groups"]
+    if skip:
+        assert trained == round(informative) and sampled > trained  # fixed prompts were dropped
+    else:
+        assert informative < sampled  # the "Fixed" groups were kept although flat
+    assert objective.position == sampled  # every sampled prompt is used up, none twice
 
 
 def test_group_size_one_is_refused(tiny_run, easy_task, tmp_path):
