@@ -48,7 +48,8 @@ class Flaky:
 HALF_FLAT_TASK = """
 class HalfFlat:
     def prompts(self):
-        return [f"{k} about {w}." for w in "cats dogs rain tea".split() for k in ("Fixed", "Talk")] * 4
+        words = "cats dogs rain tea".split()
+        return [f"{k} about {w}." for w in words for k in ("Fixed", "Talk")] * 4
 
     def reward(self, prompt, reply):
         return 1.0 if prompt.startswith("Fixed") else float(reply.startswith(" "))
