@@ -308,3 +308,36 @@ def test_cli_sft_then_rl_then_eval_task(tiny_run, tmp_path):
     )
     r = run_cli("rl", "--task", "arithmetic", env=env)
     assert r.returncode == 1 and "give the run to start from" in r.stderr
+
+
+@pytest.mark.slow
+def test_cli_gsm8k_style_file_end_to_end(tiny_run, tmp_path):
+    """A user's own numeric task: SFT on the worked answers, RL on the final numbers, pass@k."""
+    rows = [
+        {"question": f"Ann has {a} cats and gets {b} more. How many?",
+         "answer": f"{a} + {b} = <<{a}+{b}={a + b}>>{a + b}\n#### {a + b}"}
+        for a in range(2, 7) for b in range(1, 5)
+    ]  # fmt: skip
+    task = tmp_path / "cats.jsonl"
+    task.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["--device", "cpu", "--json"]
+    sft_out, rl_out = tmp_path / "g_sft", tmp_path / "g_rl"
+    r = run_cli("sft", str(tiny_run), "--task", str(task), "--out", str(sft_out),
+                "--max-steps", "4", *common, env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    r = run_cli("rl", str(sft_out), "--task", str(task), "--out", str(rl_out), "--max-steps",
+                "2", "--group-size", "4", "--prompts-per-step", "2", "--max-new-tokens", "12",
+                *common, env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["step"] == 2
+    records = [x for x in read_metrics(rl_out / "metrics.jsonl") if "reward" in x]
+    assert [x["step"] for x in records] == [1, 2]
+    # flat groups are skipped: each step sampled whole rounds of 2 prompts, at most 4 rounds
+    assert all(x["sampled_groups"] in (2, 4, 6, 8) for x in records)
+    r = run_cli("eval", str(rl_out), "--task", str(task), "--samples", "3",
+                "--max-new-tokens", "12", *common, env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["k"] == 3 and d["n"] == 2  # every 10th of the 20 problems is held out
+    assert 0.0 <= d["pass@1"] <= d["pass@k"] <= 1.0
