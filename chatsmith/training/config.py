@@ -210,7 +210,7 @@ class RLConfig(TrainConfig):
     # fixed loop settings: a constant learning rate after no warm-up, no weight decay, a log
     # line every step, and no compile (reply lengths change every step; recompiling would
     # cost more than it saves); the batch is prompts_per_step x group_size sequences
-    warmup_steps: int = 0
+    warmup_steps: int = option(0, "Steps of linear learning-rate warmup (then constant)")
     min_lr_ratio: float = 1.0
     weight_decay: float = 0.0
     log_every: int = 1

@@ -5,9 +5,13 @@ Each optimizer step:
 1. takes P prompts (`prompts_per_step`) in a shuffled order of the task's training problems;
 2. samples a group of G replies per prompt (`group_size`) from the current policy through the
    shared Engine: all P x G sequences decode together in one KV-cached batch, each with its own
-   seeded generator (so a resumed run draws the same samples);
+   seeded generator (so a resumed run draws the same samples), and each group shares one
+   prefill of its prompt;
 3. scores every reply with the task's pure reward r_ij (a failing checker scores 0 and is
-   logged);
+   logged). With `skip_flat_groups` (the default), a group whose rewards are all equal is
+   dropped (its advantages are all 0: it would only dilute the batch) and another P prompts
+   are sampled, up to `sample_rounds` rounds, until P informative groups are in hand; the
+   step trains on all the informative groups drawn (dynamic sampling, Yu et al., 2025, DAPO);
 4. computes group-relative advantages A_ij = r_ij - mean_j(r_ij), divided by
    (std_j(r_ij) + 1e-4) when `std_normalize` is on (std with the 1/G convention);
 5. minimises, over the reply tokens y_ij,t (the stop token included, prompt tokens excluded),
@@ -24,8 +28,9 @@ Each optimizer step:
 
 Each batch is sampled by the policy being updated and used for exactly one gradient step, so
 the PPO probability ratio is 1 and its clipping never acts; the surrogate above is its value
-and gradient at that point. The learning rate is constant after `warmup_steps` (no decay), so a
-run stopped and resumed takes the same steps as one that never stopped.
+and gradient at that point. The learning rate rises linearly over `warmup_steps` and is then
+constant (no decay), so a run stopped and resumed takes the same steps as one that never
+stopped.
 """
 
 from __future__ import annotations
