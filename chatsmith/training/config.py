@@ -203,7 +203,8 @@ class RLConfig(TrainConfig):
     sample_rounds: int = option(
         4, "Most rounds of --prompts-per-step prompts sampled for one step (--skip-flat-groups)"
     )
-    eval_every: int = option(25, "Steps between held-out pass@1 checks")
+    # a check costs about as much as a step's sampling; every 50 steps keeps the curve
+    eval_every: int = option(50, "Steps between held-out pass@1 checks")
     eval_prompts: int = 100
     save_every: int = option(50, "Steps between checkpoints")
     max_batch: int = 64
