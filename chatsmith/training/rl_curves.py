@@ -45,7 +45,7 @@ def plot_rl_curves(run_dir: Path, filename: str) -> Path | None:
                 ax.plot(steps, values, marker="o")
             else:
                 ax.plot(steps, values, alpha=0.25, color="tab:blue")
-                window = max(1, len(values) // 50)
+                window = max(1, len(values) // 20)  # about 20 independent points
                 ax.plot(steps, smooth(list(values), window), color="tab:blue")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
