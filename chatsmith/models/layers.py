@@ -177,6 +177,13 @@ class KVCache:
         else:
             self.lengths[rows] = 0
 
+    def copy_row(self, src: int, dst: Tensor) -> None:
+        """Give the rows `dst` the keys, values and length of row `src` (a shared prompt)."""
+        n = int(self.lengths[src])
+        for layer in (*self.k, *self.v):  # each (batch, T, H, D)
+            layer[dst, :n] = layer[src : src + 1, :n]
+        self.lengths[dst] = n
+
 
 class CacheView:
     """The rows of a KVCache that one forward pass reads and extends.

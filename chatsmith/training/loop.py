@@ -264,6 +264,8 @@ class Trainer:
         progress = self.progress()
         eta = self.elapsed / progress * (1 - progress) if progress > 0 else math.nan
         status = f"loss {step_loss:.3f} | {tok_s:,.0f} tok/s | eta {eta:,.0f}s"
+        if hasattr(objective, "status"):  # the stage's own figures (RL: reward, pass@1)
+            status = f"{objective.status(extras)} | {status}"
         self.reporter.advance(self.step, progress, status)
 
     def evaluate_and_watch(self) -> None:
