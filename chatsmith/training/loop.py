@@ -130,9 +130,9 @@ class Trainer:
             config.weight_decay,
             (config.beta1, config.beta2),
             config.muon_lr,
+            autocast_dtype(self.device, config.precision) == torch.bfloat16,
         )
         self.step, self.elapsed, self.tokens_seen = 0, 0.0, 0
-        autocast_dtype(self.device, config.precision)  # an unknown precision fails here
         self.fwd_model = plan.forward_model(model)  # DDP's wrapper, or the model itself
         if config.use_compile(run):
             self.fwd_model = torch.compile(self.fwd_model)
