@@ -173,6 +173,7 @@ class Trainer:
         set_rng_state(ckpt.state["rng"])
         self.step, self.elapsed = ckpt.step, ckpt.state["elapsed"]
         self.tokens_seen = ckpt.state["tokens"]
+        self.window_start = self.elapsed  # the first throughput figure counts from here
 
     def progress(self) -> float:
         return _budget_progress(self.step, self.elapsed, self.run)
