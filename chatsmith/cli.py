@@ -153,7 +153,9 @@ def evaluate(
         "code (default: the held-out files of the run's own code data, or builtin:python-stdlib).",
     ),
     code: bool = typer.Option(
-        False, "--code", help="Code figures: bpb, infill and next-line exact match."
+        False,
+        "--code",
+        help="Code figures: bpb, infill exact match and edit similarity, next-line exact match.",
     ),
     include: Optional[str] = typer.Option(
         None, help='With --code and a folder: file patterns, e.g. "*.py,*.rs".'

@@ -87,6 +87,10 @@ def test_eval_code_json(code_run):
     # an untrained-ish model: each middle costs bits, more than zero and less than raw bytes
     for k in ("middle_bpb_with_suffix", "middle_bpb_prefix_only"):
         assert 0 < figures[k] < 16
+    for k in ("infill_single_line_es", "infill_multi_line_es"):
+        assert 0 <= figures[k] <= 1
+        # exact matches score 1, so the mean similarity is at least the exact-match share
+        assert figures[k] >= figures[k.replace("_es", "_em")]
 
 
 @pytest.mark.slow

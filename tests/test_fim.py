@@ -215,3 +215,14 @@ def test_folder_source_include_binary_and_empty(tmp_path):
     assert len(code_files(str(tmp_path), "*.py,*.rs", "all")) == 2
     with pytest.raises(ChatsmithError, match="not one"):
         code_files("builtin:chitchat", "*.py", "train")
+
+
+def test_edit_similarity_gives_partial_credit_and_punishes_running_on():
+    from chatsmith.evaluation.code import edit_similarity
+
+    truth = "\n    return a + b"
+    assert edit_similarity(truth + "  \n", truth) == 1.0  # trailing whitespace ignored
+    close = edit_similarity("\n    return a - b", truth)
+    ran_on = edit_similarity(truth + "\n\nprint(add(1, 2))\nprint(add(3, 4))\n", truth)
+    unrelated = edit_similarity("import os", truth)
+    assert 1.0 > close > ran_on > unrelated

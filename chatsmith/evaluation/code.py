@@ -3,6 +3,10 @@
 - bits per byte of the files read left to right;
 - infill exact match: a run of whole lines is cut out of a held-out file (random spans, fixed
   seed) and the model, given the code before and after, must write it back exactly;
+- infill edit similarity: the same generations scored by how close they are to the removed
+  text (difflib's ratio, 0..1), the partial-credit figure code-completion benchmarks report
+  beside exact match; a middle that runs on past the cursor (a model that never learned
+  where a middle ends) scores low here even when it starts right;
 - next-line exact match: given only the code before, the model must write the next line;
 - middle bits per byte: how well the model predicts those removed lines given the code
   before and after (in the fill-in-the-middle format), and given the code before only.
@@ -17,6 +21,7 @@ equals the removed text after trailing whitespace is stripped from both. Greedy 
 
 from __future__ import annotations
 
+import difflib
 import random
 from dataclasses import asdict, dataclass
 
@@ -49,6 +54,8 @@ class CodeScore:
     bytes: int
     infill_single_line_em: float | None  # None when the tokenizer has no FIM markers
     infill_multi_line_em: float | None
+    infill_single_line_es: float | None  # edit similarity, 0..1
+    infill_multi_line_es: float | None
     next_line_em: float
     middle_bpb_with_suffix: float | None  # None when the tokenizer has no FIM markers
     middle_bpb_prefix_only: float
@@ -135,11 +142,19 @@ def middle_bpb(run: LoadedRun, spans: list[FimSplit], with_suffix: bool) -> floa
     return score_batches(run.model, batches, bpt, autocast=lambda: autocast(device)).bpb
 
 
-def infill_exact_match(run: LoadedRun, spans: list[FimSplit], max_tokens: int) -> float:
+def edit_similarity(a: str, b: str) -> float:
+    """1.0 for equal texts, near 0 for unrelated ones (trailing whitespace ignored)."""
+    return difflib.SequenceMatcher(None, a.rstrip(), b.rstrip(), autojunk=False).ratio()
+
+
+def infill_scores(run: LoadedRun, spans: list[FimSplit], max_tokens: int) -> tuple[float, float]:
+    """Exact match and mean edit similarity of greedy infills of `spans`."""
     budget = run.cfg.max_seq_len - max_tokens
     prompts = [completion_prompt(run.tokenizer, s.prefix, s.suffix, budget) for s in spans]
     outs = _generate(run, prompts, max_tokens)
-    return sum(o.rstrip() == s.middle.rstrip() for o, s in zip(outs, spans)) / len(spans)
+    exact = sum(o.rstrip() == s.middle.rstrip() for o, s in zip(outs, spans))
+    similar = sum(edit_similarity(o, s.middle) for o, s in zip(outs, spans))
+    return exact / len(spans), similar / len(spans)
 
 
 def next_line_exact_match(run: LoadedRun, spans: list[FimSplit], max_tokens: int) -> float:
@@ -170,10 +185,10 @@ def evaluate_code(
     multi = sample_spans(files, samples, MULTI_LINES, side, SEED + 1)
     if not single or not multi:
         raise ChatsmithError("the held-out files have too few lines to cut spans from")
-    single_em = multi_em = with_suffix = None
+    single_em = multi_em = single_es = multi_es = with_suffix = None
     if tok.has_fim:
-        single_em = infill_exact_match(run, single, _room(run, 48))
-        multi_em = infill_exact_match(run, multi, _room(run, 128))
+        single_em, single_es = infill_scores(run, single, _room(run, 48))
+        multi_em, multi_es = infill_scores(run, multi, _room(run, 128))
         with_suffix = middle_bpb(run, single + multi, with_suffix=True)
     return CodeScore(
         files=len(files),
@@ -183,6 +198,8 @@ def evaluate_code(
         bytes=score.bytes,
         infill_single_line_em=single_em,
         infill_multi_line_em=multi_em,
+        infill_single_line_es=single_es,
+        infill_multi_line_es=multi_es,
         next_line_em=next_line_exact_match(run, single, _room(run, 48)),
         middle_bpb_with_suffix=with_suffix,
         middle_bpb_prefix_only=middle_bpb(run, single + multi, with_suffix=False),
