@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     import torch
 
 DEFAULT_SEED = 1337
-# CPU runs compile by default only when they last this long: compiling the model takes
-# 10-40 s on 2 cores (cached afterwards), and then saves ~40% of every step
+# CPU runs compile by default only when they last this long: compiling the default model took
+# 30-40 s on 2 busy cores (a few seconds once cached), and then saved ~20% of every step
 COMPILE_MIN_MINUTES = 2.0
 
 
@@ -104,7 +104,7 @@ class TrainConfig:
     compile: bool | None = option(
         None,
         "torch.compile the model (default: on CUDA, and on CPU for time budgets of "
-        f"{COMPILE_MIN_MINUTES:g} minutes or more, where the 10-40 s of compiling pays back).",
+        f"{COMPILE_MIN_MINUTES:g} minutes or more, where the 30-40 s of compiling pays back).",
         "--compile/--no-compile",
     )
 
