@@ -108,3 +108,23 @@ def test_cuda_graph_greedy_decoding_equals_eager():
     replayed = [g.tokens for g in graph.generate_many(prompts(5), params)]  # 5 through 3 slots
     assert replayed == [g.tokens for g in eager.generate_many(prompts(5), params)]
     assert all(len(t) == 20 for t in replayed)
+
+
+def test_group_shares_one_prefill_and_gives_the_same_replies(model, monkeypatch):
+    prompt = prompts(3)[2]
+    group = [SamplingParams(max_tokens=10, temperature=1.0, seed=s) for s in range(4)]
+    group.append(SamplingParams(max_tokens=10, temperature=0))  # greedy too
+    alone = [Engine(model, stop_ids=[]).generate_many([prompt], p)[0].tokens for p in group]
+    engine = Engine(model, stop_ids=[], max_batch=6)
+    calls = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda x, **kw: calls.append(x.shape) or forward(x, **kw))
+    seqs = engine.add_group(prompt, group)
+    assert calls == [(1, len(prompt))]  # one prefill for the whole group
+    while engine.live:
+        engine.step()
+    assert [s.tokens for s in seqs] == alone
+    assert len({tuple(t) for t in alone[:4]}) > 1  # the seeds really differ
+    assert sorted(engine.free) == list(range(6))
+    with pytest.raises(EngineFull):
+        Engine(model, stop_ids=[], max_batch=3).add_group(prompt, group)

@@ -19,7 +19,7 @@ from chatsmith.inference.tasks import evaluate_task
 from chatsmith.reporting import Reporter
 from chatsmith.training.config import RLConfig
 from chatsmith.training.metrics import read_metrics
-from chatsmith.training.rl import group_advantages, grpo_loss, rl
+from chatsmith.training.rl import GroupRelativeObjective, group_advantages, grpo_loss, rl
 
 # Replies of the tiny chitchat model start with a space about 40% of the time: a reward the
 # policy can visibly learn in a few steps.
@@ -41,6 +41,18 @@ class Flaky:
         if reply.startswith(" "):
             raise RuntimeError("checker bug")
         return "yes" if len(reply) % 2 else 0.5
+"""
+
+# Half the prompts score the same whatever the reply (no learning signal); the other half
+# reward a leading space, which the tiny model writes about 40% of the time.
+HALF_FLAT_TASK = """
+class HalfFlat:
+    def prompts(self):
+        words = "cats dogs rain tea".split()
+        return [f"{k} about {w}." for w in words for k in ("Fixed", "Talk")] * 4
+
+    def reward(self, prompt, reply):
+        return 1.0 if prompt.startswith("Fixed") else float(reply.startswith(" "))
 """
 
 
@@ -105,6 +117,39 @@ def test_grpo_loss_hand_made():
     assert kl2.item() == pytest.approx(k3)
     assert loss2.item() == pytest.approx(2 / 3 + 0.1 * k3)
     assert math.isfinite(loss2.item())
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_flat_groups_are_dropped_and_more_prompts_sampled(tiny_run, tmp_path, skip):
+    path = tmp_path / "half_flat.py"
+    path.write_text(HALF_FLAT_TASK)
+    loaded = load_run(tiny_run, "cpu")
+    config = rl_args(tiny_run, path, prompts_per_step=4, sample_rounds=3, skip_flat_groups=skip)
+    objective = GroupRelativeObjective(
+        get_task(str(path)), loaded.tokenizer, config, 0, torch.device("cpu")
+    )
+    trained = sampled = informative = 0.0
+    for _ in range(3):
+        batch = objective.next_batch(loaded.model)
+        adv = batch["adv"].view(-1, config.group_size)  # (groups, G)
+        fig = batch["figures"]
+        flat = int((adv.abs().sum(1) == 0).sum())
+        assert adv.shape[0] == fig["trained_groups"]
+        if skip:
+            assert flat == 0  # every trained group carries signal
+            assert fig["sampled_groups"] in (4, 8, 12)  # whole rounds of 4 prompts
+            # it stopped at the first round that filled the step (or after the last round)
+            assert fig["trained_groups"] >= 4 or fig["sampled_groups"] == 12
+        else:
+            assert fig["sampled_groups"] == fig["trained_groups"] == 4
+        trained += fig["trained_groups"]
+        sampled += fig["sampled_groups"]
+        informative += fig["informative"] * fig["sampled_groups"]
+    if skip:
+        assert trained == round(informative) and sampled > trained  # fixed prompts were dropped
+    else:
+        assert informative < sampled  # the "Fixed" groups were kept although flat
+    assert objective.position == sampled  # every sampled prompt is used up, none twice
 
 
 def test_group_size_one_is_refused(tiny_run, easy_task, tmp_path):
@@ -263,3 +308,36 @@ def test_cli_sft_then_rl_then_eval_task(tiny_run, tmp_path):
     )
     r = run_cli("rl", "--task", "arithmetic", env=env)
     assert r.returncode == 1 and "give the run to start from" in r.stderr
+
+
+@pytest.mark.slow
+def test_cli_gsm8k_style_file_end_to_end(tiny_run, tmp_path):
+    """A user's own numeric task: SFT on the worked answers, RL on the final numbers, pass@k."""
+    rows = [
+        {"question": f"Ann has {a} cats and gets {b} more. How many?",
+         "answer": f"{a} + {b} = <<{a}+{b}={a + b}>>{a + b}\n#### {a + b}"}
+        for a in range(2, 7) for b in range(1, 5)
+    ]  # fmt: skip
+    task = tmp_path / "cats.jsonl"
+    task.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["--device", "cpu", "--json"]
+    sft_out, rl_out = tmp_path / "g_sft", tmp_path / "g_rl"
+    r = run_cli("sft", str(tiny_run), "--task", str(task), "--out", str(sft_out),
+                "--max-steps", "4", *common, env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    r = run_cli("rl", str(sft_out), "--task", str(task), "--out", str(rl_out), "--max-steps",
+                "2", "--group-size", "4", "--prompts-per-step", "2", "--max-new-tokens", "12",
+                *common, env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["step"] == 2
+    records = [x for x in read_metrics(rl_out / "metrics.jsonl") if "reward" in x]
+    assert [x["step"] for x in records] == [1, 2]
+    # flat groups are skipped: each step sampled whole rounds of 2 prompts, at most 4 rounds
+    assert all(x["sampled_groups"] in (2, 4, 6, 8) for x in records)
+    r = run_cli("eval", str(rl_out), "--task", str(task), "--samples", "3",
+                "--max-new-tokens", "12", *common, env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["k"] == 3 and d["n"] == 2  # every 10th of the 20 problems is held out
+    assert 0.0 <= d["pass@1"] <= d["pass@k"] <= 1.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -121,6 +122,30 @@ def test_jsonl_task_matching_and_splits(tmp_path):
     assert [p.prompt for p in split.prompts("val")] == ["a"]
     assert split.sft_conversations("train")[0][1] == {"role": "assistant", "content": "2"}
     assert match_reply("It is 2", "2", "numeric")
+
+
+def test_gsm8k_style_lines(tmp_path):
+    worked = "She sold 48 / 2 = <<48/2=24>>24 in May.\nIn all 48 + 24 = <<48+24=72>>72.\n#### 1,072"
+    rows = [{"question": "How many clips?", "answer": worked, "split": "val"}]
+    rows += [{"question": f"What is {i} + 2?", "answer": f"{i} + 2 = {i + 2}\n#### {i + 2}"}
+             for i in range(3)]  # fmt: skip
+    task = get_task(str(_write_jsonl(tmp_path / "g.jsonl", rows)))
+    (val,) = task.prompts("val")
+    assert (val.prompt, val.answer, val.match) == ("How many clips?", "1072", "numeric")
+    # SFT learns the steps without calculator marks, ending in the final number
+    assert val.solution == "She sold 48 / 2 = 24 in May.\nIn all 48 + 24 = 72.\nThe answer is 1072."
+    assert task.reward(val, val.solution) == 1.0 and task.reward(val, "It is 72.") == 0.0
+    assert task.reward(val, "The answer is 1,072") == 1.0
+    convs = task.sft_conversations("train")
+    assert [c[1]["content"] for c in convs][0] == "0 + 2 = 2\nThe answer is 2."
+    # the example file in the README stays valid: every worked answer earns its reward
+    example = get_task(str(Path(__file__).parents[1] / "examples" / "word_problems.jsonl"))
+    problems = example.prompts("train") + example.prompts("val")
+    assert len(problems) == 60 and all(example.reward(p, p.solution) == 1.0 for p in problems)
+    for answer, message in [("72", "ending in '#### <final number>'"), ("#### many", "a number")]:
+        path = _write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "answer": answer}])
+        with pytest.raises(ChatsmithError, match=rf"bad\.jsonl:1: .*{message}"):
+            get_task(str(path))
 
 
 @pytest.mark.parametrize(

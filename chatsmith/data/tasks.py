@@ -5,7 +5,9 @@ A task is what RL trains on and what `chatsmith eval --task` scores. Three kinds
 - built-in: `arithmetic` (or `arithmetic:LEVEL`), see `chatsmith.data.arithmetic`;
 - a JSONL file, one problem a line: `{"prompt": ..., "answer": ...}` with optional
   `"match"` (`exact`, `numeric` or `regex`; default numeric when the answer is a number,
-  else exact), `"split"` (`train` or `val`) and `"solution"` (a worked reply for SFT);
+  else exact), `"split"` (`train` or `val`) and `"solution"` (a worked reply for SFT); a line
+  may instead be GSM8K-style, `{"question": ..., "answer": "worked steps #### 72"}`: SFT learns
+  the steps, the reward checks the final number (see `gsm8k_record`);
 - a Python file defining one class with `prompts()` (or `prompts(split)`) and
   `reward(prompt, reply)`; `prompts` yields strings or `{"prompt", "answer"}` dicts.
 
@@ -65,7 +67,11 @@ class JsonlTask(Task):
 
     def _parse_line(self, line: str, n: int) -> tuple[str | None, TaskPrompt]:
         where = f"{self.path}:{n}"
-        obj = json_record(line, where, ("prompt", "answer"))
+        obj = json_record(line, where, ("answer",))
+        if "prompt" not in obj and "question" in obj:
+            obj = gsm8k_record(obj, where)
+        if "prompt" not in obj:
+            raise ChatsmithError(f"{where}: missing field 'prompt'")
         prompt, answer = obj["prompt"], obj["answer"]
         if not isinstance(prompt, str) or not prompt.strip():
             raise ChatsmithError(f"{where}: 'prompt' must be a non-empty string")
@@ -209,6 +215,28 @@ def json_record(line: str, where: str, keys: tuple[str, ...]) -> dict:
         if key not in obj:
             raise ChatsmithError(f"{where}: missing field {key!r}")
     return obj
+
+
+# GSM8K's worked answers end "#### 72" and mark calculator calls as "<<48/2=24>>"
+_GSM8K_FINAL = re.compile(r"\n?\s*####\s*(.+?)\s*$", re.S)
+_GSM8K_CALC = re.compile(r"<<[^>]*>>")
+
+
+def gsm8k_record(obj: dict, where: str) -> dict:
+    """A GSM8K-style line, {"question", "answer": "worked steps ... #### 72"}, as a task line:
+    the question is the prompt, the number after #### the answer (matched numerically) and the
+    steps, with calculator marks removed and "The answer is 72." appended, the SFT reply."""
+    question, worked = obj["question"], obj["answer"]
+    if not isinstance(worked, str) or not (found := _GSM8K_FINAL.search(worked)):
+        raise ChatsmithError(
+            f"{where}: a 'question' line needs an 'answer' ending in '#### <final number>'"
+        )
+    final = found.group(1).replace(",", "")
+    if parse_number(final) is None:
+        raise ChatsmithError(f"{where}: the answer after #### must be a number, got {final!r}")
+    steps = _GSM8K_CALC.sub("", worked[: found.start()]).strip()
+    solution = f"{steps}\nThe answer is {final}." if steps else f"The answer is {final}."
+    return {**obj, "prompt": question, "answer": final, "match": "numeric", "solution": solution}
 
 
 def get_task(name_or_path: str) -> Task:

@@ -258,6 +258,33 @@ class Engine:
             seqs.append(seq)
         return seqs
 
+    @torch.inference_mode()
+    def add_group(self, prompt: list[int], params: Sequence[SamplingParams]) -> list[Generation]:
+        """Start len(params) replies to one prompt with a single prefill.
+
+        The prompt is prefilled into one slot, whose keys and values are then copied into the
+        others, so a group of G samples (RL, pass@k) costs one prefill instead of G; each
+        reply keeps its own sampling settings and generator, hence the same tokens as if it
+        had been added alone.
+        """
+        if self.seq2seq or len(params) <= 1:
+            return [self.add(prompt, p) for p in params]
+        if len(params) > len(self.free):
+            raise EngineFull(f"a group of {len(params)} but {len(self.free)} free slots")
+        for p in params[1:]:
+            p.validate()
+        first = self.add(prompt, params[0])
+        slots = [self.free.pop() for _ in params[1:]]
+        self.cache.copy_row(first.slot, torch.tensor(slots, device=self.device))
+        seqs = [first]
+        for p, slot in zip(params[1:], slots):
+            gen = None if p.seed is None else torch.Generator().manual_seed(p.seed)
+            seq = Generation(list(prompt), p, slot, gen)
+            seq._next_logits = first._next_logits
+            self.live.append(seq)
+            seqs.append(seq)
+        return seqs
+
     def _accept(self, seq: Generation, token: int) -> bool:
         """Record a sampled token; return True if it is to be shown to the caller."""
         if token in self.stop_ids:

@@ -72,22 +72,33 @@ def sample_groups(
     """`samples` replies for each prompt, all decoded together in the engine's batch.
 
     Every sequence gets its own seeded generator, so the replies do not depend on how the
-    batch is scheduled and a resumed run draws exactly the same samples.
+    batch is scheduled and a resumed run draws exactly the same samples. A group that fits the
+    engine's free slots shares one prefill of its prompt (`Engine.add_group`).
     """
-    flat, params = [], []
-    for i, p in enumerate(ids):
-        for j in range(samples):
-            flat.append(p)
-            params.append(
-                SamplingParams(
-                    max_tokens=max_new_tokens,
-                    temperature=temperature,
-                    top_k=top_k,
-                    seed=(seed * 1_000_003 + i * 1009 + j) % (2**62),
-                )
+    params = [
+        [
+            SamplingParams(
+                max_tokens=max_new_tokens,
+                temperature=temperature,
+                top_k=top_k,
+                seed=(seed * 1_000_003 + i * 1009 + j) % (2**62),
             )
-    generations = engine.generate_many(flat, params)
-    return [generations[i * samples : (i + 1) * samples] for i in range(len(ids))]
+            for j in range(samples)
+        ]
+        for i in range(len(ids))
+    ]
+    if samples > engine.max_batch:  # a group never fits at once: one reply at a time
+        flat = engine.generate_many(
+            [p for p in ids for _ in range(samples)], [q for group in params for q in group]
+        )
+        return [flat[i * samples : (i + 1) * samples] for i in range(len(ids))]
+    groups: list[list[Generation]] = []
+    while len(groups) < len(ids) or engine.live:
+        while len(groups) < len(ids) and len(engine.free) >= samples:
+            i = len(groups)
+            groups.append(engine.add_group(ids[i], params[i]))
+        engine.step()
+    return groups
 
 
 def evaluate_task(

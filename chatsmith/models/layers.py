@@ -170,6 +170,13 @@ class KVCache:
         else:
             self.lengths[rows] = 0
 
+    def copy_row(self, src: int, dst: Tensor) -> None:
+        """Give the rows `dst` the keys, values and length of row `src` (a shared prompt)."""
+        n = int(self.lengths[src])
+        self.k[:, dst, :n] = self.k[:, src : src + 1, :n]  # (L, len(dst), n, H, D)
+        self.v[:, dst, :n] = self.v[:, src : src + 1, :n]
+        self.lengths[dst] = n
+
 
 class CacheView:
     """The rows of a KVCache that one forward pass reads and extends.

@@ -224,14 +224,24 @@ class RLConfig(TrainConfig):
         "Divide advantages by the group's reward std",
         "--std-normalize/--no-std-normalize",
     )
-    eval_every: int = option(25, "Steps between held-out pass@1 checks")
+    skip_flat_groups: bool = option(
+        True,
+        "Drop groups whose replies all scored the same (they teach nothing) and sample more "
+        "prompts instead, so every step trains on --prompts-per-step informative groups",
+        "--skip-flat-groups/--keep-flat-groups",
+    )
+    sample_rounds: int = option(
+        4, "Most rounds of --prompts-per-step prompts sampled for one step (--skip-flat-groups)"
+    )
+    # a check costs about as much as a step's sampling; every 50 steps keeps the curve
+    eval_every: int = option(50, "Steps between held-out pass@1 checks")
     eval_prompts: int = 100
     save_every: int = option(50, "Steps between checkpoints")
     max_batch: int = 64
     # fixed loop settings: a constant learning rate after no warm-up, no weight decay, a log
     # line every step, and no compile (reply lengths change every step; recompiling would
     # cost more than it saves); the batch is prompts_per_step x group_size sequences
-    warmup_steps: int = 0
+    warmup_steps: int = option(0, "Steps of linear learning-rate warmup (then constant)")
     min_lr_ratio: float = 1.0
     weight_decay: float = 0.0
     log_every: int = 1

@@ -267,6 +267,8 @@ class Trainer:
         progress = self.progress()
         eta = self.elapsed / progress * (1 - progress) if progress > 0 else math.nan
         status = f"loss {self.last_loss:.3f} | {self.tok_s:,.0f} tok/s | eta {eta:,.0f}s"
+        if hasattr(objective, "status"):  # the stage's own figures (RL: reward, pass@1)
+            status = f"{objective.status(extras)} | {status}"
         self.reporter.advance(self.step, progress, status)
 
     def log_step(self, factor: float, grad_norm: float, extras: dict) -> None:

@@ -5,9 +5,13 @@ Each optimizer step:
 1. takes P prompts (`prompts_per_step`) in a shuffled order of the task's training problems;
 2. samples a group of G replies per prompt (`group_size`) from the current policy through the
    shared Engine: all P x G sequences decode together in one KV-cached batch, each with its own
-   seeded generator (so a resumed run draws the same samples);
+   seeded generator (so a resumed run draws the same samples), and each group shares one
+   prefill of its prompt;
 3. scores every reply with the task's pure reward r_ij (a failing checker scores 0 and is
-   logged);
+   logged). With `skip_flat_groups` (the default), a group whose rewards are all equal is
+   dropped (its advantages are all 0: it would only dilute the batch) and another P prompts
+   are sampled, up to `sample_rounds` rounds, until P informative groups are in hand; the
+   step trains on all the informative groups drawn (dynamic sampling, Yu et al., 2025, DAPO);
 4. computes group-relative advantages A_ij = r_ij - mean_j(r_ij), divided by
    (std_j(r_ij) + 1e-4) when `std_normalize` is on (std with the 1/G convention);
 5. minimises, over the reply tokens y_ij,t (the stop token included, prompt tokens excluded),
@@ -24,8 +28,9 @@ Each optimizer step:
 
 Each batch is sampled by the policy being updated and used for exactly one gradient step, so
 the PPO probability ratio is 1 and its clipping never acts; the surrogate above is its value
-and gradient at that point. The learning rate is constant after `warmup_steps` (no decay), so a
-run stopped and resumed takes the same steps as one that never stopped.
+and gradient at that point. The learning rate rises linearly over `warmup_steps` and is then
+constant (no decay), so a run stopped and resumed takes the same steps as one that never
+stopped.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ from chatsmith.runtime import seed_everything
 from chatsmith.tokenizer import Tokenizer
 from chatsmith.training.config import RLConfig, RunConfig
 from chatsmith.training.loop import TrainResult, train
-from chatsmith.training.metrics import plot_curves
+from chatsmith.training.rl_curves import plot_rl_curves
 from chatsmith.training.start import start_model
 
 REFERENCE_FILE = "reference.safetensors"
@@ -114,6 +119,8 @@ class GroupRelativeObjective:
             )
         if config.prompts_per_step < 1:
             raise ChatsmithError("--prompts-per-step must be at least 1")
+        if config.sample_rounds < 1:
+            raise ChatsmithError("--sample-rounds must be at least 1")
         if config.temperature <= 0:
             raise ChatsmithError("--temperature must be above 0: greedy groups are all the same")
         self.task, self.tok, self.config, self.seed, self.device = task, tok, config, seed, device
@@ -130,7 +137,8 @@ class GroupRelativeObjective:
         self.order = EpochOrder(len(self.train_prompts), seed)
         self.engine: Engine | None = None
         self.reward_sum = self.reward_count = 0.0
-        self.errors_logged = 0
+        self.errors_logged = self.reward_errors = 0
+        self.last_pass1: float | None = None
 
     def _next_prompts(self) -> list[TaskPrompt]:
         n = self.config.prompts_per_step
@@ -176,26 +184,47 @@ class GroupRelativeObjective:
         self.samples_drawn += 1
         return groups
 
-    def next_batch(self, model: nn.Module) -> dict:
+    def _scored_groups(self, model: nn.Module) -> list[tuple[list[int], list, list[float]]]:
+        """One round: P fresh prompts, G replies each, scored. (prompt ids, replies, rewards)."""
         prompts = self._next_prompts()
         ids = prompt_ids(self.tok, prompts, model.cfg.max_seq_len)
-        groups = self._sample(model, ids)
-        seqs, rewards, errors = [], [], 0
-        for p, p_ids, group in zip(prompts, ids, groups, strict=True):
+        out = []
+        for p, p_ids, group in zip(prompts, ids, self._sample(model, ids), strict=True):
             row = []
             for g in group:
                 reply = self.tok.decode(g.tokens)
                 r, err = safe_reward(self.task, p, reply)
                 if err:
-                    errors += 1
+                    self.reward_errors += 1
                     self._log_error(p, reply, err)
                 row.append(r)
-                # the stop token was an action too (one of the template's stop ids)
-                tail = [g.stop_token] if g.stop_token is not None else []
-                seqs.append((p_ids, g.tokens + tail))
-            rewards.append(row)
-        r = torch.tensor(rewards, dtype=torch.float32)
-        adv = group_advantages(r, self.config.std_normalize).flatten()
+            out.append((p_ids, group, row))
+        return out
+
+    def next_batch(self, model: nn.Module) -> dict:
+        """Sampled groups with their advantages. With `skip_flat_groups`, groups whose replies
+        all scored the same (no learning signal) are dropped and more prompts are sampled, up
+        to `sample_rounds` rounds, until the batch holds `prompts_per_step` informative groups
+        (dynamic sampling, as in DAPO)."""
+        config = self.config
+        sampled, kept = [], []
+        self.reward_errors = 0
+        for _ in range(config.sample_rounds if config.skip_flat_groups else 1):
+            groups = self._scored_groups(model)
+            sampled += groups
+            kept += [g for g in groups if not config.skip_flat_groups or len(set(g[2])) > 1]
+            if len(kept) >= config.prompts_per_step:
+                break
+        if not kept:  # nothing informative this time: a zero-advantage step on the last round
+            kept = groups
+        seqs = []
+        for p_ids, group, _ in kept:
+            # the stop token was an action too (one of the template's stop ids)
+            seqs += [(p_ids, g.tokens + ([g.stop_token] if g.stop_token is not None else []))
+                     for g in group]  # fmt: skip
+        r_all = torch.tensor([g[2] for g in sampled], dtype=torch.float32)
+        r = torch.tensor([g[2] for g in kept], dtype=torch.float32)
+        adv = group_advantages(r, config.std_normalize).flatten()
         # inputs: prompt + reply but the last token; targets: the reply only
         x = pad_right([(p + y)[:-1] for p, y in seqs], self.tok.pad_id).to(self.device)
         y = pad_right([[IGNORE_INDEX] * (len(p) - 1) + y for p, y in seqs], IGNORE_INDEX).to(
@@ -206,15 +235,19 @@ class GroupRelativeObjective:
             with torch.no_grad():
                 ref_nll = self._token_nll(self.reference, x, y)
             batch["ref_logp"] = -ref_nll
-        self.reward_sum += float(r.sum())
-        self.reward_count += r.numel()
+        self.reward_sum += float(r_all.sum())
+        self.reward_count += r_all.numel()
+        lengths = [len(g.tokens) for _, group, _ in sampled for g in group]
+        # figures over every sampled reply (the policy's own), not only the kept groups
         batch["figures"] = {
-            "reward": float(r.mean()),
-            "solved": float((r >= SOLVED).float().mean()),
-            "reward_std": float(r.std(dim=1, unbiased=False).mean()),
-            "flat_groups": float((r.std(dim=1) == 0).float().mean()),  # no learning signal
-            "reply_tokens": float(batch["mask"].sum()) / len(seqs),
-            "reward_errors": float(errors),
+            "reward": float(r_all.mean()),
+            "solved": float((r_all >= SOLVED).float().mean()),
+            "reward_std": float(r_all.std(dim=1, unbiased=False).mean()),
+            "informative": float((r_all.std(dim=1) > 0).float().mean()),
+            "sampled_groups": float(len(sampled)),
+            "trained_groups": float(len(kept)),
+            "reply_tokens": sum(lengths) / len(lengths),
+            "reward_errors": float(self.reward_errors),
         }
         return batch
 
@@ -239,6 +272,14 @@ class GroupRelativeObjective:
             figures["kl"] = float(kl)
         return loss, figures
 
+    def status(self, figures: dict) -> str:
+        """The progress bar's RL figures: is it learning?"""
+        held = "" if self.last_pass1 is None else f" | held-out pass@1 {self.last_pass1:.1%}"
+        return (
+            f"reward {figures['reward']:.2f} | informative {figures['informative']:.0%} | "
+            f"reply {figures['reply_tokens']:.0f} tok{held}"
+        )
+
     def batch_tokens(self, batch: dict) -> int:
         return int(batch["mask"].sum())
 
@@ -256,6 +297,7 @@ class GroupRelativeObjective:
             keep_examples=2,
         )
         out = {"pass@1": score.pass1, "val_problems": score.n}
+        self.last_pass1 = score.pass1
         if self.reward_count:
             out["mean_reward"] = self.reward_sum / self.reward_count
         self.reward_sum = self.reward_count = 0.0
@@ -314,10 +356,5 @@ def rl(config: RLConfig, run: RunConfig, reporter: Reporter | None = None) -> Tr
     reporter.say(format_card(model_card(cfg, model)))
     info = {"stage": "rl", "args": asdict(config), "flags": run.budget()}
     result = train(model, cfg, objective, config, run, info, reporter)
-    plot_curves(
-        run.out,
-        keys=("reward", "pass@1"),
-        filename=REWARD_CURVE,
-        ylabel="mean reward (train) / pass@1 (held-out)",
-    )
+    plot_rl_curves(run.out, REWARD_CURVE)
     return result
