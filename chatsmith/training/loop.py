@@ -28,7 +28,7 @@ from chatsmith.errors import ChatsmithError
 from chatsmith.files import write_json_atomic
 from chatsmith.models import ModelConfig, model_card
 from chatsmith.reporting import Reporter
-from chatsmith.runtime import autocast, configure_cuda, rng_state, set_rng_state
+from chatsmith.runtime import autocast, autocast_dtype, configure_cuda, rng_state, set_rng_state
 from chatsmith.training.config import RunConfig, TrainConfig
 from chatsmith.training.metrics import MetricsLog, OverfitWatch, plot_curves
 from chatsmith.training.optim import build_optimizers, lr_factor, set_lr
@@ -130,16 +130,20 @@ class Trainer:
             config.weight_decay,
             (config.beta1, config.beta2),
             config.muon_lr,
+            autocast_dtype(self.device, config.precision) == torch.bfloat16,
         )
         self.step, self.elapsed, self.tokens_seen = 0, 0.0, 0
-        use_compile = config.compile if config.compile is not None else self.device.type == "cuda"
         self.fwd_model = plan.forward_model(model)  # DDP's wrapper, or the model itself
-        if use_compile:
+        if config.use_compile(run):
             self.fwd_model = torch.compile(self.fwd_model)
         self.metrics: MetricsLog | None = None
         self.watch = OverfitWatch()
+        # each step's loss stays on the device until a step that reads it (log, evaluation,
+        # checkpoint, end): reading it back every step would make the host wait for the device
+        self.unread: list[tuple[int, torch.Tensor]] = []
         self.loss_window: list[float] = []
         self.smooth_loss = self.last_loss = math.nan
+        self.window_tokens, self.window_start, self.tok_s = 0, 0.0, math.nan
 
     def restore(self, data: dict | None = None) -> None:
         """Continue from the run folder's latest checkpoint (exact resume). `data` is the
@@ -169,6 +173,7 @@ class Trainer:
         set_rng_state(ckpt.state["rng"])
         self.step, self.elapsed = ckpt.step, ckpt.state["elapsed"]
         self.tokens_seen = ckpt.state["tokens"]
+        self.window_start = self.elapsed  # the first throughput figure counts from here
 
     def progress(self) -> float:
         return _budget_progress(self.step, self.elapsed, self.run)
@@ -176,6 +181,7 @@ class Trainer:
     def checkpoint(self, final: bool = False) -> None:
         """FSDP2: every rank writes its shards (and at the end the whole model too); otherwise
         rank 0 writes the usual checkpoint."""
+        self.read_losses()  # never save weights that a non-finite loss has spoilt
         state = {
             "objective": self.objective.state_dict(),
             "rng": rng_state(),
@@ -197,76 +203,92 @@ class Trainer:
             self.metrics.write(record)
 
     def evaluate(self, final: bool = False) -> dict:
-        with autocast(self.device):  # every rank evaluates: FSDP2's forward needs them all
+        self.read_losses()
+        # every rank evaluates: FSDP2's forward needs them all
+        with autocast(self.device, self.config.precision):
             result = self.objective.evaluate(self.model, final)
         self.log({"step": self.step, **result})
         return result
 
+    def read_losses(self) -> None:
+        """Read the steps' losses back from the device (one wait for all of them) and stop the
+        run at the first that is not finite, before anything is logged, evaluated or saved."""
+        if not self.unread:
+            return
+        values = torch.stack([loss for _, loss in self.unread]).tolist()
+        for (step, _), value in zip(self.unread, values):
+            if not math.isfinite(value):
+                raise ChatsmithError(
+                    f"loss became {value} at step {step}; lower --lr or check the data"
+                )
+            self.last_loss = value
+            self.loss_window.append(value)
+            # a smoothed training loss for the overfitting watch: single steps are too noisy
+            s = self.smooth_loss
+            self.smooth_loss = value if math.isnan(s) else 0.9 * s + 0.1 * value
+        self.unread.clear()
+
     def train_step(self) -> None:
-        """One optimizer step over `grad_accum` micro-batches, then the log line."""
+        """One optimizer step over `grad_accum` micro-batches; the log line every `log_every`
+        steps. Nothing here waits for the device except on those steps."""
         config, objective, plan = self.config, self.objective, self.plan
         t0 = time.perf_counter()
         factor = lr_factor(self.step, self.progress(), config.warmup_steps, config.min_lr_ratio)
         set_lr(self.optimizers, factor)
-        step_loss, step_tokens, extras = 0.0, 0, {}
+        step_loss, step_tokens, extras = torch.zeros((), device=self.device), 0, {}
         for micro in range(config.grad_accum):
             batch = objective.next_batch(self.model)
             with plan.grad_sync(self.fwd_model, micro == config.grad_accum - 1):
-                with autocast(self.device):
+                with autocast(self.device, config.precision):
                     loss, extras = objective.loss(self.fwd_model, batch)
-                if not torch.isfinite(loss):
-                    raise ChatsmithError(
-                        f"loss became {loss.item()} at step {self.step}; "
-                        "lower --lr or check the data"
-                    )
                 loss = plan.weigh_loss(loss, batch)
                 (loss / config.grad_accum).backward()
-            step_loss += loss.item() / config.grad_accum
+            step_loss += loss.detach().float() / config.grad_accum
             step_tokens += objective.batch_tokens(batch)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
-        grad_norm = plan.grad_norm(norm)
         for opt in self.optimizers:
             opt.step()
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        # every rank takes the mean loss, the summed tokens and the slowest clock, so that the
-        # schedule and the budget stop are the same everywhere
-        before = self.elapsed
-        step_loss, step_tokens, self.elapsed = plan.reduce_step(
-            step_loss, step_tokens, self.elapsed + time.perf_counter() - t0
-        )
-        dt = self.elapsed - before
         self.step += 1
+        self.unread.append((self.step, plan.mean_loss(step_loss)))
+        log_now = self.step % config.log_every == 0 or self.step == 1
+        if log_now:  # waits for the device, so that the clock below counts the queued work
+            self.read_losses()
+        # every rank takes the summed tokens and the slowest clock, so that the schedule and
+        # the budget stop are the same everywhere
+        step_tokens, self.elapsed = plan.reduce_step(
+            step_tokens, self.elapsed + time.perf_counter() - t0
+        )
         self.tokens_seen += step_tokens
-        self.last_loss = step_loss
-        self.loss_window.append(step_loss)
-        # a smoothed training loss for the overfitting watch: single steps are too noisy
-        s = self.smooth_loss
-        self.smooth_loss = step_loss if math.isnan(s) else 0.9 * s + 0.1 * step_loss
-        tok_s = step_tokens / dt
-        if self.step % config.log_every == 0 or self.step == 1:
-            record = {
-                "step": self.step,
-                "loss": sum(self.loss_window) / len(self.loss_window),
-                "lr_factor": factor,
-                "grad_norm": grad_norm,
-                "tokens_per_s": tok_s,  # summed over ranks
-                "tokens": self.tokens_seen,
-                "elapsed_s": self.elapsed,
-                **extras,
-            }
-            if self.peak_flops is not None:  # model FLOPs utilisation of all ranks' devices
-                record["mfu"] = tok_s * self.flops_per_token / (self.peak_flops * plan.world)
-            self.log(record)
-            self.loss_window.clear()
+        self.window_tokens += step_tokens
+        if log_now:
+            self.log_step(factor, plan.grad_norm(norm), extras)
         progress = self.progress()
         eta = self.elapsed / progress * (1 - progress) if progress > 0 else math.nan
-        status = f"loss {step_loss:.3f} | {tok_s:,.0f} tok/s | eta {eta:,.0f}s"
+        status = f"loss {self.last_loss:.3f} | {self.tok_s:,.0f} tok/s | eta {eta:,.0f}s"
         if hasattr(objective, "status"):  # the stage's own figures (RL: reward, pass@1)
             status = f"{objective.status(extras)} | {status}"
         self.reporter.advance(self.step, progress, status)
+
+    def log_step(self, factor: float, grad_norm: float, extras: dict) -> None:
+        """The log line: mean loss and throughput over the steps since the last one."""
+        self.tok_s = self.window_tokens / max(self.elapsed - self.window_start, 1e-9)
+        record = {
+            "step": self.step,
+            "loss": sum(self.loss_window) / len(self.loss_window),
+            "lr_factor": factor,
+            "grad_norm": grad_norm,
+            "tokens_per_s": self.tok_s,  # summed over ranks
+            "tokens": self.tokens_seen,
+            "elapsed_s": self.elapsed,
+            **extras,
+        }
+        if self.peak_flops is not None:  # model FLOPs utilisation of all ranks' devices
+            record["mfu"] = self.tok_s * self.flops_per_token / (self.peak_flops * self.plan.world)
+        self.log(record)
+        self.loss_window.clear()
+        self.window_tokens, self.window_start = 0, self.elapsed
 
     def evaluate_and_watch(self) -> None:
         """A held-out evaluation in the middle of the run, with the overfitting warning."""

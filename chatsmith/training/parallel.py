@@ -115,16 +115,24 @@ class ParallelPlan:
         dist.all_reduce(total)
         return loss * (n * self.world / total).to(loss.dtype).squeeze(0)
 
-    def reduce_step(self, loss: float, tokens: int, elapsed: float) -> tuple[float, int, float]:
-        """(mean loss, summed tokens, slowest rank's clock): the step's figures as one process
-        would see them. Every rank then takes the same schedule and the same stop decision."""
+    def mean_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """The step's loss averaged over ranks, left on the device (nothing waits for it)."""
         if not self.distributed:
-            return loss, tokens, elapsed
-        sums = torch.tensor([loss, float(tokens)], dtype=torch.float64, device=self.device)
+            return loss
+        total = loss.detach().to(torch.float64).reshape(1)
+        dist.all_reduce(total)
+        return (total / self.world).squeeze(0)
+
+    def reduce_step(self, tokens: int, elapsed: float) -> tuple[int, float]:
+        """(summed tokens, slowest rank's clock): the step's figures as one process would see
+        them. Every rank then takes the same schedule and the same stop decision."""
+        if not self.distributed:
+            return tokens, elapsed
+        sums = torch.tensor([float(tokens)], dtype=torch.float64, device=self.device)
         clock = torch.tensor([elapsed], dtype=torch.float64, device=self.device)
         dist.all_reduce(sums)
         dist.all_reduce(clock, op=dist.ReduceOp.MAX)
-        return float(sums[0]) / self.world, int(sums[1]), float(clock[0])
+        return int(sums[0]), float(clock[0])
 
     def grad_norm(self, norm: torch.Tensor) -> float:
         from torch.distributed.tensor import DTensor

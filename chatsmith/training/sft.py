@@ -148,13 +148,15 @@ class SFT:
         return {
             "x": x.to(self.device, non_blocking=True),
             "y": y.to(self.device, non_blocking=True),
+            # counted here, on the host: counting on the device would wait for it every step
+            "tokens": int((x != self.tok.pad_id).sum()),
         }
 
     def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         return model(batch["x"], batch["y"])[1], {"epoch": self.position / len(self.train)}
 
     def batch_tokens(self, batch: dict) -> int:
-        return int((batch["x"] != self.tok.pad_id).sum())
+        return batch["tokens"]
 
     def evaluate(self, model: nn.Module, final: bool) -> dict:
         """Mean loss per assistant token (and bits per byte of assistant text) on held-out chats."""
