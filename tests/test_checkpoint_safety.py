@@ -265,13 +265,11 @@ def test_resume_with_another_optimizer_is_one_clear_error(tiny_run, corpus, tmp_
         )
 
 
-def _write_many(path: str, text: str, start: float, seconds: float) -> None:
-    import time
-
+def _write_many(path: str, text: str, ready, times: int) -> None:
     from chatsmith.files import write_text_atomic
 
-    time.sleep(max(0.0, start - time.time()))  # all writers begin at the same instant
-    while time.time() < start + seconds:
+    ready.wait()  # all writers begin together, however slowly their interpreters started
+    for _ in range(times):
         write_text_atomic(Path(path), text)
 
 
@@ -281,15 +279,13 @@ def test_processes_writing_one_file_at_once_never_collide(tmp_path):
 
     target = tmp_path / "tokenizer.json"
     ctx = mp.get_context("spawn")
-    import time
-
-    start = time.time() + 3  # after the spawned interpreters have started
-    args = (str(target), "x" * 4096, start, 1.0)
+    ready = ctx.Barrier(3)
+    args = (str(target), "x" * 4096, ready, 500)
     procs = [ctx.Process(target=_write_many, args=args) for _ in range(3)]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(60)
+        p.join()  # no timeout: a loaded machine may take long to start three interpreters
     assert [p.exitcode for p in procs] == [0, 0, 0]
     assert target.read_text() == "x" * 4096
     assert [p.name for p in tmp_path.iterdir()] == ["tokenizer.json"]
