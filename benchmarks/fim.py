@@ -22,8 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-RUNS = {"no_fim": [], "fim_0.5": ["--fim", "0.5"]}
-
 
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "chatsmith.cli", *args]
@@ -36,13 +34,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--samples", type=int, default=100, help="eval spans of each kind")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads per model")
+    ap.add_argument("--rate", default="0.5", help="--fim rate of the FIM model")
     a = ap.parse_args()
+    runs = {"no_fim": [], f"fim_{a.rate}": ["--fim", a.rate]}
     # Two trainings share the cores; more threads than cores makes PyTorch's thread pools spin
     # against each other (a busy 2-core machine ran 50x slower with 2 threads each).
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
     a.out.mkdir(parents=True, exist_ok=True)
     procs, started = {}, time.time()
-    for name, extra in RUNS.items():
+    for name, extra in runs.items():
         run = a.out / name
         if (run / "latest").exists():
             continue
@@ -74,7 +74,7 @@ def main() -> None:
             sys.exit(f"{name} failed; see {a.out / (name + '.log')}")
         (a.out / f"{name}.pretrain.json").write_text(stdout)
     results = {}
-    for name in RUNS:
+    for name in runs:
         ev = subprocess.run(
             cli("eval", str(a.out / name), "--code", "--samples", str(a.samples), "--json"),
             capture_output=True,
