@@ -341,7 +341,8 @@ class Engine:
     def _decode(self, seqs: list[Generation]) -> torch.Tensor:
         """(B, V) next-token logits for sequences whose last token is not yet in the cache."""
         if self.static is not None:
-            return self.static([s.slot for s in seqs], [s.tokens[-1] for s in seqs])
+            needed = max(len(s.tokens) + (1 if self.seq2seq else len(s.prompt)) for s in seqs)
+            return self.static([s.slot for s in seqs], [s.tokens[-1] for s in seqs], needed)
         x = torch.tensor([[s.tokens[-1]] for s in seqs], dtype=torch.long, device=self.device)
         rows = torch.tensor([s.slot for s in seqs], device=self.device)
         return self.model(x, cache=self.cache, rows=rows, last_only=True)[0][:, -1]

@@ -8,6 +8,12 @@ and replayed with a single launch (the approach gpt-fast takes; here the graph i
 directly, around the compiled step when both are asked for). The model itself is untouched:
 the speed work wraps its forward. Rows not being decoded this step compute garbage that is
 never read, and their cache length is put back.
+
+A step not recorded as a graph reads only as much of the cache as the longest live row needs:
+attending over the whole context for every row was, beside the matmuls, the largest cost of a
+compiled batch-16 step on CPU (its time grew linearly with the positions read). The compiled
+step takes that length as a symbolic size, so one graph serves every length. (A CUDA graph is
+recorded once, so it keeps the full length.)
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ class StaticDecodeStep:
     """The engine's decode step with fixed shapes, optionally replayed as a CUDA graph."""
 
     def __init__(self, model: nn.Module, cache: KVCache, use_graph: bool, compile: bool = False):
-        """`compile`: run the step through torch.compile (fixed shapes, one graph). The first
+        """`compile`: run the step through torch.compile (one graph for every step). The first
         call compiles (tens of seconds on a small CPU; Inductor caches the result on disk)."""
         self.model, self.cache = model, cache
         self._forward = self._run
@@ -31,25 +37,33 @@ class StaticDecodeStep:
             # on CPU the fused attention kernel is slow for one query per row (it was most of a
             # compiled batch-16 step); the math form compiles to loops that Inductor fuses
             step = self._run_math if cache.lengths.device.type == "cpu" else self._run
-            # dynamic=False: the shapes never change, so one specialised graph serves every step
-            self._forward = torch.compile(step, dynamic=False, fullgraph=True)
+            # dynamic=None: the read length, the one input that changes, turns symbolic at its
+            # second value (one recompile); every tensor shape is marked static below
+            self._forward = torch.compile(step, dynamic=None, fullgraph=True)
         batch, device = cache.lengths.numel(), cache.lengths.device
         self.tokens = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.active = torch.zeros(batch, dtype=torch.bool, device=device)
+        if compile:
+            # only the read length may vary between calls: another engine's batch size must
+            # get its own specialised graph, not turn this one's shapes symbolic
+            for t in (*cache.k, *cache.v, cache.lengths, self.tokens, self.active):
+                torch._dynamo.mark_static(t)
         self.logits: torch.Tensor | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
         if use_graph:
             self._capture()
 
-    def _run(self) -> torch.Tensor:
+    def _run(self, span: int | None = None) -> torch.Tensor:
         saved = self.cache.lengths.clone()
+        self.cache.read_span = span
         logits, _ = self.model(self.tokens, cache=self.cache, rows=None, last_only=True)
+        self.cache.read_span = None
         self.cache.lengths.copy_(torch.where(self.active, self.cache.lengths, saved))
         return logits[:, -1]
 
-    def _run_math(self) -> torch.Tensor:
+    def _run_math(self, span: int | None = None) -> torch.Tensor:
         with sdpa_kernel(SDPBackend.MATH):
-            return self._run()
+            return self._run(span)
 
     @torch.inference_mode()
     def _capture(self) -> None:
@@ -66,9 +80,13 @@ class StaticDecodeStep:
             self.logits = self._forward()
 
     @torch.inference_mode()
-    def __call__(self, slots: list[int], tokens: list[int]) -> torch.Tensor:
-        """Logits (len(slots), V) for feeding `tokens[i]` to the sequence in `slots[i]`."""
+    def __call__(
+        self, slots: list[int], tokens: list[int], needed: int | None = None
+    ) -> torch.Tensor:
+        """Logits (len(slots), V) for feeding `tokens[i]` to the sequence in `slots[i]`;
+        `needed`: the most cache positions any of those sequences holds after this step."""
         device = self.tokens.device
+        span = needed if self.graph is None else None
         idx = torch.tensor(slots, device=device)
         self.tokens.zero_()
         self.active.zero_()
@@ -78,5 +96,8 @@ class StaticDecodeStep:
             self.graph.replay()
             logits = self.logits
         else:
-            logits = self._forward()
+            try:
+                logits = self._forward(span)
+            finally:
+                self.cache.read_span = None
         return logits[idx]

@@ -160,6 +160,9 @@ class KVCache:
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.max_seq_len = max_seq_len
+        # how many leading positions an all-rows pass reads (None: all of them); a caller that
+        # knows every live row is shorter sets it, and attention then skips the empty tail
+        self.read_span: int | None = None
 
     @classmethod
     def for_model(cls, cfg: ModelConfig, batch_size: int, device, dtype) -> KVCache:
@@ -199,7 +202,7 @@ class CacheView:
         start = cache.lengths if rows is None else cache.lengths[rows]  # (B,)
         positions = start[:, None] + torch.arange(seq_len, device=device)  # (B, S)
         if rows is None:
-            self.span = cache.max_seq_len
+            self.span = cache.read_span or cache.max_seq_len
             # idle rows keep advancing; pin them in range instead of checking on the host
             positions = positions.clamp(max=cache.max_seq_len - 1)
         else:
@@ -220,7 +223,7 @@ class CacheView:
             batch = torch.arange(k.size(0), device=k.device)[:, None]
             ck[batch, self.positions] = k.transpose(1, 2).to(ck.dtype)
             cv[batch, self.positions] = v.transpose(1, 2).to(cv.dtype)
-            keys, values = ck.transpose(1, 2), cv.transpose(1, 2)
+            keys, values = ck[:, : self.span].transpose(1, 2), cv[:, : self.span].transpose(1, 2)
         else:
             rows = self.rows[:, None]
             ck[rows, self.positions] = k.transpose(1, 2).to(ck.dtype)
