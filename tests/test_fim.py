@@ -21,6 +21,7 @@ from chatsmith.data.fim import (
     infill_prompt,
     parse_fim,
     pieces,
+    split_at_lines,
     split_at_random,
 )
 from chatsmith.data.tokens import tokenize_documents
@@ -57,6 +58,19 @@ def test_random_split_round_trip_and_positions():
         assert split.document == CODE
     empty = split_at_random("", rng)
     assert empty == FimSplit("", "", "")
+
+
+def test_line_split_cuts_one_to_four_whole_lines():
+    rng = random.Random(0)
+    seen = set()
+    for _ in range(200):
+        split = split_at_lines(CODE, rng)
+        assert split.document == CODE
+        # cut at the break before the first removed line and at the one ending the last
+        assert split.middle.startswith("\n") and split.suffix.startswith("\n")
+        seen.add(split.middle.count("\n"))
+    assert seen == {1, 2, 3, 4}
+    assert split_at_lines("one line", rng).document == "one line"  # too short: random cut
 
 
 @pytest.mark.parametrize("order", ["psm", "spm"])

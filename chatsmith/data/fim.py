@@ -14,6 +14,13 @@ is encoded as user text, so code that contains "<|fim_middle|>" cannot forge one
 the chat template. Each part is encoded on its own, so token boundaries fall exactly on the
 split points and prefix + middle + suffix decodes back to the document.
 
+A small model given minutes of training does not learn where a middle of random length ends
+(it never writes `<|end|>`, so every infill runs on past the cursor). Half of the FIM examples
+are therefore cut at line breaks instead, with a middle of 1 to 4 whole lines: what an editor
+asks for when the cursor sits at the end of a line, and a stop that follows a visible rule (the
+next line would be the suffix's first). Such a middle starts and its suffix starts with the
+line break, as the cuts of `eval --code` do.
+
 The paper splits whole documents; ours are source files much longer than a CPU model's
 context, so each file is first cut at line breaks into pieces that fit the context (as the
 paper's context-level FIM does after chunking), and the FIM rate applies to each piece.
@@ -32,6 +39,8 @@ from chatsmith.tokenizer import Tokenizer
 
 ORDERS = ("psm", "spm")
 SPM_SHARE = 0.5  # the paper trains on both orders jointly, half each
+LINE_SHARE = 0.5  # share of FIM examples whose middle is whole lines
+LINE_MIDDLE = (1, 4)  # lines in such a middle
 CHARS_PER_CONTEXT_TOKEN = 2  # a piece of 2 x seq_len characters fits the context with room
 
 
@@ -65,6 +74,18 @@ def check_tokenizer(tok: Tokenizer) -> None:
 def split_at_random(text: str, rng: random.Random) -> FimSplit:
     """Two cut points drawn uniformly over the character positions 0..len(text)."""
     i, j = sorted(rng.randint(0, len(text)) for _ in range(2))
+    return FimSplit(text[:i], text[i:j], text[j:])
+
+
+def split_at_lines(text: str, rng: random.Random) -> FimSplit:
+    """A middle of 1-4 whole lines, cut at the line break before its first line and at the one
+    ending its last (falls back to `split_at_random` for text of fewer lines)."""
+    breaks = [i for i, c in enumerate(text) if c == "\n"]
+    k = rng.randint(*LINE_MIDDLE)
+    if len(breaks) <= k:
+        return split_at_random(text, rng)
+    a = rng.randrange(len(breaks) - k)
+    i, j = breaks[a], breaks[a + k]
     return FimSplit(text[:i], text[i:j], text[j:])
 
 
@@ -163,7 +184,8 @@ def fim_token_stream(
                 texts.append(plain)
                 plain = ""
             order = "spm" if rng.random() < SPM_SHARE else "psm"
-            split = split_at_random(piece, rng)
+            cut = split_at_lines if rng.random() < LINE_SHARE else split_at_random
+            split = cut(piece, rng)
             entries.append((order, len(texts)))
             texts += [split.prefix, split.middle, split.suffix]
         if plain:
