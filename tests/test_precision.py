@@ -15,9 +15,9 @@ from safetensors.torch import load_file
 from chatsmith.checkpoint import latest_checkpoint_dir
 from chatsmith.errors import ChatsmithError
 from chatsmith.reporting import Reporter
-from chatsmith.runtime import autocast, autocast_dtype, can_compile, cpu_has_native_bf16
+from chatsmith.runtime import autocast, autocast_dtype, cpu_has_native_bf16
 from chatsmith.training import pretrain as pretrain_mod
-from chatsmith.training.config import PretrainConfig, RLConfig, RunConfig
+from chatsmith.training.config import PretrainConfig, RunConfig
 from chatsmith.training.metrics import read_metrics
 from chatsmith.training.pretrain import pretrain
 
@@ -57,13 +57,6 @@ def test_compile_default_follows_the_budget():
     assert not config.use_compile(run(CPU, minutes=1))  # too short to pay back compiling
     assert PretrainConfig(compile=False).use_compile(run(CUDA, minutes=5)) is False
     assert PretrainConfig(compile=True).use_compile(run(CPU, steps=5)) is True
-    # RL's training forward never compiles (reply lengths change every step); its sampling
-    # engine's decode step follows the same rule as pretraining's model
-    rl = RLConfig()
-    assert not rl.use_compile(run(CPU, minutes=10))
-    assert rl.use_compiled_decode(run(CPU, minutes=10)) == can_compile(torch.device("cpu"))
-    assert not rl.use_compiled_decode(run(CPU, steps=10_000))
-    assert RLConfig(compile_decode=False).use_compiled_decode(run(CUDA, minutes=10)) is False
 
 
 def _weights(run) -> dict:

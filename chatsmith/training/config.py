@@ -118,20 +118,14 @@ class TrainConfig:
 
     def use_compile(self, run: RunConfig) -> bool:
         """Whether this run compiles its model: as asked, else by the rule in the flag's help."""
-        return compile_wanted(self.compile, run)
+        from chatsmith.runtime import can_compile
 
-
-def compile_wanted(asked: bool | None, run: RunConfig) -> bool:
-    """`asked` if given; else on CUDA, and on a CPU that can compile when the run has a time
-    budget long enough for the compile to pay back."""
-    from chatsmith.runtime import can_compile
-
-    if asked is not None:
-        return asked
-    if run.device.type == "cuda":
-        return True
-    long_run = (run.max_minutes or 0) >= COMPILE_MIN_MINUTES
-    return run.device.type == "cpu" and long_run and can_compile(run.device)
+        if self.compile is not None:
+            return self.compile
+        if run.device.type == "cuda":
+            return True
+        long_run = (run.max_minutes or 0) >= COMPILE_MIN_MINUTES
+        return run.device.type == "cpu" and long_run and can_compile(run.device)
 
 
 @dataclass
@@ -244,13 +238,6 @@ class RLConfig(TrainConfig):
     eval_prompts: int = 100
     save_every: int = option(50, "Steps between checkpoints")
     max_batch: int = 64
-    compile_decode: bool | None = option(
-        None,
-        "torch.compile the sampling engine's decode step (default: as for --compile in "
-        f"pretraining, on CUDA and on CPU for time budgets of {COMPILE_MIN_MINUTES:g} minutes "
-        "or more); sampling is most of an RL step",
-        "--compile-decode/--no-compile-decode",
-    )
     # fixed loop settings: a constant learning rate after no warm-up, no weight decay, a log
     # line every step, and no compile (reply lengths change every step; recompiling would
     # cost more than it saves); the batch is prompts_per_step x group_size sequences
@@ -266,9 +253,6 @@ class RLConfig(TrainConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.batch_size = self.prompts_per_step * self.group_size
-
-    def use_compiled_decode(self, run: RunConfig) -> bool:
-        return compile_wanted(self.compile_decode, run)
 
 
 def _cpu() -> torch.device:

@@ -111,9 +111,7 @@ class GroupRelativeObjective:
         device: torch.device,
         reference: nn.Module | None = None,
         reporter: Reporter | None = None,
-        compile_decode: bool = False,
     ):
-        """`compile_decode`: sample through the compiled decode step (see `Engine`)."""
         if config.group_size < 2:
             raise ChatsmithError(
                 "--group-size 1 leaves no group to compare with: every advantage would be 0 "
@@ -126,7 +124,7 @@ class GroupRelativeObjective:
         if config.temperature <= 0:
             raise ChatsmithError("--temperature must be above 0: greedy groups are all the same")
         self.task, self.tok, self.config, self.seed, self.device = task, tok, config, seed, device
-        self.reference, self.compile_decode = reference, compile_decode
+        self.reference = reference
         self.reporter = reporter or Reporter()
         self.train_prompts = task.prompts("train")
         self.val_prompts = task.prompts("val")
@@ -151,12 +149,7 @@ class GroupRelativeObjective:
     def _engine(self, model: nn.Module) -> Engine:
         if self.engine is None or self.engine.model is not model:
             size = self.config.prompts_per_step * self.config.group_size
-            self.engine = Engine(
-                model,
-                self.tok.stop_ids,
-                max(1, min(self.config.max_batch, size)),
-                compile=self.compile_decode,
-            )
+            self.engine = Engine(model, self.tok.stop_ids, max(1, min(self.config.max_batch, size)))
         return self.engine
 
     def _log_error(self, prompt: TaskPrompt, reply: str, err: str) -> None:
@@ -353,14 +346,7 @@ def rl(config: RLConfig, run: RunConfig, reporter: Reporter | None = None) -> Tr
         config = replace(config, start_checkpoint=str(start.checkpoint.path))
     reference = _reference(model, cfg, run) if config.kl > 0 else None
     objective = GroupRelativeObjective(
-        task,
-        start.tokenizer,
-        config,
-        run.seed,
-        run.device,
-        reference,
-        reporter,
-        compile_decode=config.use_compiled_decode(run),
+        task, start.tokenizer, config, run.seed, run.device, reference, reporter
     )
     reporter.say(
         f"task {task.name}: {len(objective.train_prompts):,} training problems, "
