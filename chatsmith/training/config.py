@@ -84,14 +84,16 @@ class TrainConfig:
     batch_size: int = option(16, "Sequences per micro-batch.")
     grad_accum: int = option(1, "Micro-batches per optimizer step.")
     lr: float = option(3e-3, "Peak learning rate.")
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: float = option(
+        0.1, "Learning rate at the end of the cosine decay, as a share of the peak."
+    )
     warmup_steps: int = option(30, "Steps of linear learning-rate warmup.")
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
     optimizer: str = option("adamw", "muon (AdamW for embeddings and norms) or adamw.")
-    muon_lr: float = 0.02
+    muon_lr: float = option(0.02, "Peak learning rate of Muon's matrices (--optimizer muon).")
     eval_every: int = option(200, "Steps between held-out evaluations.")
     log_every: int = option(10, "Steps between logged training figures.")
     save_every: int = option(500, "Steps between checkpoints.")
@@ -248,6 +250,7 @@ class RLConfig(TrainConfig):
     batch_size: int = 64
     grad_accum: int = 1
     optimizer: str = "adamw"
+    muon_lr: float = 0.02  # unused: RL's optimizer is AdamW
     compile: bool | None = False
 
     def __post_init__(self) -> None:
