@@ -18,8 +18,8 @@ A small model given minutes of training does not learn where a middle of random 
 (it never writes `<|end|>`, so every infill runs on past the cursor). Half of the FIM examples
 are therefore cut at line breaks instead, with a middle of 1 to 4 whole lines: what an editor
 asks for when the cursor sits at the end of a line, and a stop that follows a visible rule (the
-next line would be the suffix's first). Such a middle starts and its suffix starts with the
-line break, as the cuts of `eval --code` do.
+next line would be the suffix's first). Such a middle and its suffix each start with a line
+break, as the cuts of `eval --code` do.
 
 The paper splits whole documents; ours are source files much longer than a CPU model's
 context, so each file is first cut at line breaks into pieces that fit the context (as the

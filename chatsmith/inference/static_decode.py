@@ -55,9 +55,9 @@ class StaticDecodeStep:
 
     def _run(self, span: int | None = None) -> torch.Tensor:
         saved = self.cache.lengths.clone()
+        # set inside the compiled code so that it is traced (symbolic); the caller resets it
         self.cache.read_span = span
         logits, _ = self.model(self.tokens, cache=self.cache, rows=None, last_only=True)
-        self.cache.read_span = None
         self.cache.lengths.copy_(torch.where(self.active, self.cache.lengths, saved))
         return logits[:, -1]
 
