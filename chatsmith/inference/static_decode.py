@@ -86,18 +86,17 @@ class StaticDecodeStep:
         """Logits (len(slots), V) for feeding `tokens[i]` to the sequence in `slots[i]`;
         `needed`: the most cache positions any of those sequences holds after this step."""
         device = self.tokens.device
-        span = needed if self.graph is None else None
         idx = torch.tensor(slots, device=device)
         self.tokens.zero_()
         self.active.zero_()
         self.tokens[idx, 0] = torch.tensor(tokens, device=device)
         self.active[idx] = True
-        if self.graph is not None:
+        if self.graph is not None:  # recorded once over the whole cache: `needed` is moot
             self.graph.replay()
             logits = self.logits
         else:
             try:
-                logits = self._forward(span)
+                logits = self._forward(needed)
             finally:
                 self.cache.read_span = None
         return logits[idx]
