@@ -8,6 +8,9 @@ and multi-line middles, and next-line exact match. Usage:
 
     python benchmarks/fim.py --steps 300 --out /tmp/fimbench
 
+With `--one-at-a-time --threads 2` each model has both cores to itself for its budget (the
+machine's load then differs between the two; the script records it).
+
 A run folder that already holds a finished run is evaluated again, not retrained.
 """
 
@@ -27,6 +30,14 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "chatsmith.cli", *args]
 
 
+def finish(out: Path, name: str, proc: subprocess.Popen, log) -> None:
+    stdout, _ = proc.communicate()
+    log.close()
+    if proc.returncode != 0:
+        sys.exit(f"{name} failed; see {out / (name + '.log')}")
+    (out / f"{name}.pretrain.json").write_text(stdout)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=300, help="optimizer steps per model")
@@ -35,6 +46,11 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=100, help="eval spans of each kind")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads per model")
     ap.add_argument("--rate", default="0.5", help="--fim rate of the FIM model")
+    ap.add_argument(
+        "--one-at-a-time",
+        action="store_true",
+        help="train the models one after the other (each with --threads) instead of together",
+    )
     a = ap.parse_args()
     runs = {"no_fim": [], f"fim_{a.rate}": ["--fim", a.rate]}
     # Two trainings share the cores; more threads than cores makes PyTorch's thread pools spin
@@ -67,12 +83,10 @@ def main() -> None:
             subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env),
             log,
         )
+        if a.one_at_a_time:
+            finish(a.out, name, *procs.pop(name))
     for name, (proc, log) in procs.items():
-        stdout, _ = proc.communicate()
-        log.close()
-        if proc.returncode != 0:
-            sys.exit(f"{name} failed; see {a.out / (name + '.log')}")
-        (a.out / f"{name}.pretrain.json").write_text(stdout)
+        finish(a.out, name, proc, log)
     results = {}
     for name in runs:
         ev = subprocess.run(

@@ -39,12 +39,12 @@ class QuickPlan:
     total_minutes: float = 13.0
     overhead_minutes: float = 3.0  # data loading, tokenizing, evaluations, sample chat
     pretrain_share: float = 0.68  # of the training time left after the overhead
-    vocab_size: int = 2048
+    vocab_size: int = 8192
     depth: int | None = 3  # None: the `preset` below
     preset: str | None = None
     seq_len: int = 256
     pretrain_batch: int = 16
-    pretrain_lr: float = 3e-3
+    pretrain_lr: float | None = None  # None: the preset's rates (PretrainConfig)
     sft_batch: int = 16
     sft_lr: float = 1e-3
     eval_every: int = 100

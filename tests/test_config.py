@@ -28,7 +28,7 @@ def field(cls, name):
 
 
 def test_help_shows_the_dataclass_default():
-    assert help_text(field(PretrainConfig, "vocab_size")) == "BPE vocabulary size (default 2048)."
+    assert help_text(field(PretrainConfig, "vocab_size")) == "BPE vocabulary size (default 8192)."
     assert help_text(field(RLConfig, "std_normalize")).endswith("(default off).")
     assert help_text(field(SFTConfig, "lr")) == "Peak learning rate (default 0.001)."
     # a None default leaves the help to say what it means
@@ -100,3 +100,13 @@ def test_allow_data_change_is_a_run_option_of_the_stages_that_fingerprint_data(t
     # asked anew on each resume: run.json does not keep it
     run = resolve_run("sft", 3.0, tmp_path / "new", None, None, 5, CPU, None, True)
     assert run.allow_data_change and "allow_data_change" not in run.budget()
+
+
+def test_learning_rates_follow_the_preset_unless_given():
+    narrow = PretrainConfig()
+    assert (narrow.lr, narrow.muon_lr) == (6e-3, 0.008)  # tuned for the CPU default
+    mini = PretrainConfig(preset="mini")
+    assert (mini.lr, mini.muon_lr) == (3e-3, 0.02)
+    assert PretrainConfig(depth=2).muon_lr == 0.02  # the dial names no preset's rates
+    given = PretrainConfig(lr=1e-3, muon_lr=0.05)
+    assert (given.lr, given.muon_lr) == (1e-3, 0.05)

@@ -99,3 +99,13 @@ def test_score_tokens_counts_every_token_once():
     assert score.tokens == 100 and score.bytes == 200
     assert score.loss == pytest.approx(math.log(vocab))
     assert score.bpb == pytest.approx(100 * math.log(vocab) / (math.log(2) * 200))
+
+
+def test_numbers_are_one_token_per_digit():
+    # a corpus full of the same numbers: merges of whole numbers would be learned first
+    tok = Tokenizer.train(["I have 12 apples and 345 pens, 12 + 345 = 357. "] * 200, 400)
+    ids = tok.encode("12 + 345 = 357")
+    pieces = [tok.decode([i]) for i in ids]
+    assert "".join(pieces) == "12 + 345 = 357"
+    digits = [p.strip() for p in pieces if p.strip().isdigit()]
+    assert digits == list("12345357")

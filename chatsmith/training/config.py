@@ -30,6 +30,13 @@ DEFAULT_SEED = 1337
 COMPILE_MIN_MINUTES = 2.0
 
 
+DEFAULT_LR, DEFAULT_MUON_LR = 3e-3, 0.02
+# Rates tuned for a preset where they beat the defaults above: `narrow`, the CPU default, in
+# 5-minute runs on 2 cores (benchmarks/RESULTS.md, issue 14). The larger presets keep the usual
+# rates of GPU-sized models.
+PRESET_RATES: dict[str, dict[str, float]] = {"narrow": {"lr": 6e-3, "muon_lr": 0.008}}
+
+
 def option(default: Any, help: str | None = None, flag: str | None = None) -> Any:
     """A config field; with `help` it is also a command-line flag (`flag` overrides its name,
     e.g. "--compile/--no-compile")."""
@@ -83,7 +90,7 @@ class TrainConfig:
     fingerprints_data: ClassVar[bool] = False
     batch_size: int = option(16, "Sequences per micro-batch.")
     grad_accum: int = option(1, "Micro-batches per optimizer step.")
-    lr: float = option(3e-3, "Peak learning rate.")
+    lr: float = option(DEFAULT_LR, "Peak learning rate.")
     min_lr_ratio: float = option(
         0.1, "Learning rate at the end of the cosine decay, as a share of the peak."
     )
@@ -93,7 +100,9 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0
     optimizer: str = option("adamw", "muon (AdamW for embeddings and norms) or adamw.")
-    muon_lr: float = option(0.02, "Peak learning rate of Muon's matrices (--optimizer muon).")
+    muon_lr: float = option(
+        DEFAULT_MUON_LR, "Peak learning rate of Muon's matrices (--optimizer muon)."
+    )
     eval_every: int = option(200, "Steps between held-out evaluations.")
     log_every: int = option(10, "Steps between logged training figures.")
     save_every: int = option(500, "Steps between checkpoints.")
@@ -155,7 +164,7 @@ class PretrainConfig(TrainConfig):
     val_data: str | None = option(
         None, "Held-out data (default: the built-in split, or the last 5% of --data)."
     )
-    vocab_size: int = option(2048, "BPE vocabulary size")
+    vocab_size: int = option(8192, "BPE vocabulary size")
     preset: str = option("narrow", "Size: tiny, narrow, mini, small, base, gpt2-small, gpt2-medium")
     depth: int | None = option(
         None, "One dial for size: layers = depth, width = 64 x depth, 64-wide heads."
@@ -173,6 +182,20 @@ class PretrainConfig(TrainConfig):
         "document per file (builtin:python-stdlib needs none).",
     )
     fim: float = option(0.0, "Share of the data (0-1) turned into fill-in-the-middle examples")
+    lr: float | None = option(
+        None, "Peak learning rate of AdamW (default: the preset's, 3e-3 where it has none)."
+    )
+    muon_lr: float | None = option(
+        None, "Peak learning rate of Muon's matrices (default: the preset's, 0.02 where none)."
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        rates = PRESET_RATES.get(self.preset, {}) if self.depth is None else {}
+        if self.lr is None:
+            self.lr = rates.get("lr", DEFAULT_LR)
+        if self.muon_lr is None:
+            self.muon_lr = rates.get("muon_lr", DEFAULT_MUON_LR)
 
 
 @dataclass
