@@ -99,4 +99,8 @@ class StaticDecodeStep:
                 logits = self._forward(needed)
             finally:
                 self.cache.read_span = None
+            if slots == list(range(logits.shape[0])):
+                # every slot in order: the step's own fresh output is the answer (gathering
+                # (batch, V) logits again cost ~0.1 ms of a ~3 ms batch-16 CPU step at V 8192)
+                return logits
         return logits[idx]
