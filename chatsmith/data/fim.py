@@ -105,13 +105,10 @@ def _arrange(tok: Tokenizer, pre: list[int], mid: list[int], suf: list[int], ord
     raise ChatsmithError(f"unknown FIM order {order!r} (use {', '.join(ORDERS)})")
 
 
-def infill_prompt(
-    tok: Tokenizer, prefix: str, suffix: str, budget: int, order: str = "psm"
-) -> list[int]:
-    """The start of a FIM example in `order` (PSM: `<|bos|> <|fim_prefix|> prefix
-    <|fim_suffix|> suffix <|fim_middle|>`), in at most `budget` tokens: text far from the cursor
-    goes first (the start of the prefix, the end of the suffix), each side keeping at least
-    half the room if it needs it."""
+def infill_prompt(tok: Tokenizer, prefix: str, suffix: str, budget: int) -> list[int]:
+    """`<|bos|> <|fim_prefix|> prefix <|fim_suffix|> suffix <|fim_middle|>` in at most `budget`
+    tokens: text far from the cursor goes first (the start of the prefix, the end of the
+    suffix), each side keeping at least half the room if it needs it."""
     check_tokenizer(tok)
     pre, suf = tok.encode(prefix), tok.encode(suffix)
     room = budget - 4
@@ -121,7 +118,7 @@ def infill_prompt(
         keep_suf = min(len(suf), max(room // 2, room - len(pre)))
         keep_pre = room - keep_suf
         pre, suf = pre[len(pre) - keep_pre :], suf[:keep_suf]
-    return [tok.bos_id, *_arrange(tok, pre, [], suf, order)[:-1]]
+    return [tok.bos_id, tok.fim_prefix_id, *pre, tok.fim_suffix_id, *suf, tok.fim_middle_id]
 
 
 def parse_fim(tok: Tokenizer, ids: list[int]) -> FimSplit:
