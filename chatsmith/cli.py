@@ -678,7 +678,9 @@ def tokenize(
     out: Path = typer.Option(..., "--out", help="Folder for the shards (resumed if interrupted)."),
     shard_tokens: int = typer.Option(100_000_000, help="Tokens per shard."),
     val_share: float = typer.Option(0.005, help="Share of documents held out (val.bin)."),
-    vocab_size: int = typer.Option(2048, help="With --tokenizer new: BPE vocabulary size."),
+    vocab_size: int = typer.Option(
+        PretrainConfig.vocab_size, help="With --tokenizer new: BPE vocabulary size."
+    ),
     tokenizer_mb: float = typer.Option(100.0, help="With --tokenizer new: MB of text to train on."),
     workers: Optional[int] = typer.Option(None, help="Tokenizing processes (default: all cores)."),
 ) -> None:
