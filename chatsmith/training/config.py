@@ -183,10 +183,12 @@ class PretrainConfig(TrainConfig):
     )
     fim: float = option(0.0, "Share of the data (0-1) turned into fill-in-the-middle examples")
     lr: float | None = option(
-        None, "Peak learning rate of AdamW (default: the preset's, 3e-3 where it has none)."
+        None, f"Peak learning rate of AdamW (default: the preset's, {DEFAULT_LR:g} where none)."
     )
     muon_lr: float | None = option(
-        None, "Peak learning rate of Muon's matrices (default: the preset's, 0.02 where none)."
+        None,
+        f"Peak learning rate of Muon's matrices (default: the preset's, {DEFAULT_MUON_LR:g} "
+        "where none).",
     )
 
     def __post_init__(self) -> None:
@@ -273,7 +275,7 @@ class RLConfig(TrainConfig):
     batch_size: int = 64
     grad_accum: int = 1
     optimizer: str = "adamw"
-    muon_lr: float = 0.02  # unused: RL's optimizer is AdamW
+    muon_lr: float = DEFAULT_MUON_LR  # unused: RL's optimizer is AdamW
     compile: bool | None = False
 
     def __post_init__(self) -> None:
