@@ -189,5 +189,5 @@ def test_encoder_decoder_static_all_rows_step_matches_rows_step():
         static = StaticDecodeStep(model, b, use_graph=False)
         for token in (1, 7, 9, 4):
             want = model(torch.tensor([[token]]), cache=a, rows=rows_a, last_only=True)[0][0, -1]
-            got = static([2], [token])[0]
+            got = static([2], [token])[0][0]
             assert torch.allclose(want, got, atol=1e-5)

@@ -31,7 +31,7 @@ def scripted(monkeypatch, tokens: list[int]) -> None:
     """Make the engine sample `tokens` in order (then keep repeating the last one)."""
     queue = list(tokens)
 
-    def fake(logits, params, gens):
+    def fake(logits, params, gens, greedy=None):
         return [queue.pop(0) if len(queue) > 1 else queue[0] for _ in params]
 
     monkeypatch.setattr(engine_mod, "sample_tokens", fake)

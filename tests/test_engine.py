@@ -94,10 +94,11 @@ def test_static_decode_step_matches_per_row_decoding(model):
             needed = int(ref_cache.lengths.max())
             for layer in (*cache.k, *cache.v):  # positions no live row holds: never read
                 layer[:, needed:] = float("nan")
-            got = static([0, 2], [token, token + 1], needed)
+            got, greedy = static([0, 2], [token, token + 1], needed)
             for layer in (*cache.k, *cache.v):  # (a masked position inside the span is read)
                 layer[:, needed:] = 0.0
             assert torch.allclose(got, ref[:, -1], atol=1e-5)
+            assert greedy.tolist() == got.argmax(-1).tolist()
             assert cache.read_span is None  # read only the live part for this step, then reset
             assert cache.lengths.tolist() == [ref_cache.lengths[0], 0, ref_cache.lengths[2]]
 
