@@ -7,12 +7,8 @@ import torch
 from chatsmith.inference.engine import SamplingParams, sample_tokens
 
 
-def sample_token(  # the plain one-row reference the batched sampler must match
-    logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None
-) -> int:
-    """One token id from a (V,) row of logits: greedy at temperature 0, else filtered sampling."""
-    if params.temperature == 0:
-        return int(logits.argmax())
+def reference_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """The filtered distribution over a (V,) row, by plain full-sort code."""
     logits = logits.float() / params.temperature
     if params.top_k is not None and params.top_k < logits.numel():
         kth = torch.topk(logits, params.top_k).values[-1]
@@ -24,7 +20,16 @@ def sample_token(  # the plain one-row reference the batched sampler must match
         drop = sorted_p.cumsum(0) - sorted_p >= params.top_p
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
-    return int(torch.multinomial(probs.cpu(), 1, generator=gen))
+    return probs / probs.sum()
+
+
+def sample_token(  # the plain one-row reference the batched sampler must match
+    logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None
+) -> int:
+    """One token id from a (V,) row of logits: greedy at temperature 0, else filtered sampling."""
+    if params.temperature == 0:
+        return int(logits.argmax())
+    return int(torch.multinomial(reference_probs(logits, params), 1, generator=gen))
 
 
 def test_greedy_rows_pick_the_argmax():
@@ -48,6 +53,31 @@ def test_filters_match_the_single_row_sampler():
         a = torch.bincount(batched, minlength=30).float() / n
         b = torch.bincount(single, minlength=30).float() / n
         assert (a - b).abs().max() < 0.05  # same distribution (sampling noise allowed)
+
+
+def test_wide_vocabulary_filters_match_the_reference_distribution():
+    """Past 64 candidates: a top-k wider than 64, and top-p nuclei that need more than the 64
+    likeliest (a flat row) beside one that does not (a peaked row), in one batch."""
+    torch.manual_seed(3)
+    vocab, n = 400, 3000
+    flat, peaked = torch.randn(vocab) * 0.3, torch.randn(vocab) * 6
+    for p in (
+        SamplingParams(top_p=0.5),
+        SamplingParams(top_k=100),
+        SamplingParams(temperature=0.9, top_k=300, top_p=0.7),
+    ):
+        for row, other in ((flat, peaked), (peaked, flat)):
+            rows = torch.stack([row, other]).repeat(n, 1)
+            picks = torch.tensor(sample_tokens(rows, [p] * 2 * n, [None] * 2 * n))[0::2]
+            want = reference_probs(row, p)
+            assert bool((want[picks] > 0).all()), p  # only tokens the filters keep
+            # 8 groups of tokens of ~equal wanted mass, likeliest first: each drawn ~1/8
+            order = want.argsort(descending=True)
+            group = torch.empty(vocab, dtype=torch.long)
+            group[order] = (want[order].cumsum(0) * 8 - 1e-6).clamp(0, 7).long()
+            mass = torch.zeros(8).index_add_(0, group, want)
+            drawn = torch.bincount(group[picks], minlength=8).float() / n
+            assert (drawn - mass).abs().max() < 0.04, (p, drawn, mass)
 
 
 def test_mixed_rows_and_seeds_do_not_depend_on_neighbours():

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -60,64 +61,149 @@ def sample_tokens(
     grouped by whether they filter, so a seeded sequence's tokens do not depend on which other
     sequences share the batch.
     """
-    out = (logits.argmax(-1) if greedy is None else greedy).tolist()
     vocab = logits.shape[-1]
-    plain, filtered = [], []
+    greedy_rows, plain, filtered = [], [], []
     for i, p in enumerate(params):
-        if p.temperature != 0:
+        if p.temperature == 0:
+            greedy_rows.append(i)
+        else:
             narrow = (p.top_k is not None and p.top_k < vocab) or p.top_p < 1.0
             (filtered if narrow else plain).append(i)
-    for rows in (plain, filtered):
+    out = [0] * len(params)
+    if greedy_rows:
+        if greedy is None:
+            greedy = _rows(logits, greedy_rows).argmax(-1)
+        elif len(greedy_rows) < len(params):
+            greedy = greedy[greedy_rows]
+        for i, t in zip(greedy_rows, greedy.tolist()):
+            out[i] = t
+    for rows, sample in ((plain, _sample_plain), (filtered, _sample_filtered)):
         if rows:
-            picks = _sample_rows(
-                logits[rows],
+            picks = sample(
+                _rows(logits, rows).float().cpu(),
                 [params[i] for i in rows],
                 [generators[i] for i in rows],
-                sort=rows is filtered,
             )
             for i, t in zip(rows, picks):
                 out[i] = t
     return out
 
 
-def _sample_rows(
-    logits: torch.Tensor,
-    params: list[SamplingParams],
-    generators: list[torch.Generator | None],
-    sort: bool,
-) -> list[int]:
-    vocab = logits.shape[-1]
-    logits = logits.float().cpu()
-    x = logits / torch.tensor([[p.temperature] for p in params])
-    # a temperature so small that the division overflows (1e-45, or 1e-300 which float32 holds
-    # as 0) means its limit, greedy: only the likeliest tokens stay, instead of NaN from inf-inf
-    overflow = ~torch.isfinite(x).all(-1)
-    if overflow.any():
+_FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
+def _rows(logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    # every row in order (the usual case): no copy of the (B, V) logits
+    return logits if len(rows) == logits.shape[0] else logits[rows]
+
+
+def _scaled(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """Logits divided by each row's temperature. A temperature so small that the division
+    overflows (1e-45, or 1e-300 which float32 holds as 0) means its limit, greedy: only the
+    likeliest tokens stay, instead of NaN from inf-inf."""
+    temps = [p.temperature for p in params]
+    x = logits / torch.tensor(temps)[:, None]
+    # one pass for the largest magnitude per row, not a finiteness test of every element
+    low, high = torch.aminmax(logits, dim=-1)
+    big = torch.maximum(high, -low).tolist()
+    # `not <=` also catches NaN and inf logits
+    overflow = [j for j, (b, t) in enumerate(zip(big, temps)) if not b / t <= _FLOAT32_MAX]
+    if overflow:
         top = logits[overflow]
         x[overflow] = torch.where(top == top.max(-1, keepdim=True).values, 0.0, float("-inf"))
-    order = None
-    if sort:
-        x, order = x.sort(-1, descending=True)
-        ks = torch.tensor([min(p.top_k or vocab, vocab) for p in params])
-        x = x.masked_fill(torch.arange(vocab)[None, :] >= ks[:, None], float("-inf"))
-    probs = torch.softmax(x, dim=-1)
-    if sort:
-        # keep the smallest prefix whose mass reaches top_p (the first token always stays)
-        drop = probs.cumsum(-1) - probs >= torch.tensor([[p.top_p] for p in params])
-        drop[:, 0] = False  # even when top_p underflows to 0 (1e-300 in float32)
-        probs = probs.masked_fill(drop, 0.0)
-    cdf = probs.cumsum(-1)
-    u = torch.empty(len(params))
+    return x
+
+
+def _uniforms(generators: list[torch.Generator | None]) -> torch.Tensor:
+    u = torch.empty(len(generators))
     unseeded = [j for j, g in enumerate(generators) if g is None]
     if unseeded:
         u[unseeded] = torch.rand(len(unseeded))
     for j, g in enumerate(generators):
         if g is not None:
             u[j] = torch.rand(1, generator=g)
-    picks = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp_(max=vocab - 1)
-    if order is not None:
-        picks = order.gather(1, picks)
-    return picks[:, 0].tolist()
+    return u
+
+
+def _pick(probs: torch.Tensor, generators: list[torch.Generator | None]) -> torch.Tensor:
+    """Inverse-CDF draw of one column per row of unnormalised `probs`, one uniform per row."""
+    cdf = probs.cumsum(-1)
+    u = _uniforms(generators)
+    picks = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)
+    return picks.clamp_(max=probs.shape[-1] - 1)[:, 0]
+
+
+def _sample_plain(
+    logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
+) -> list[int]:
+    """Sampling from the whole vocabulary at each row's temperature."""
+    probs = torch.softmax(_scaled(logits, params), dim=-1)
+    return _pick(probs, generators).tolist()
+
+
+def _sample_filtered(
+    logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
+) -> list[int]:
+    """Sampling after top-k, then top-p (nucleus) filtering.
+
+    Only the likeliest candidates are ranked (`topk`), not the whole vocabulary: sorting
+    (16, 8192) logits took ~8 ms on a CPU, longer than the decode step. A row with top_k
+    needs its k likeliest; a top-p-only row needs its nucleus, which at the usual settings
+    lies among the likeliest 64 (checked: their mass reaches top_p); rows whose nucleus is
+    wider are ranked in full.
+    """
+    vocab = logits.shape[-1]
+    x = _scaled(logits, params)
+    ks = torch.tensor([min(p.top_k or vocab, vocab) for p in params])
+    top_p = torch.tensor([p.top_p for p in params])
+    count = min(vocab, max(64, int(ks[ks < vocab].max()) if (ks < vocab).any() else 0))
+    picks, short = _pick_filtered(x, ks, top_p, count, generators)
+    if short:
+        wide = _pick_wide_nucleus(x[short], top_p[short], [generators[j] for j in short])
+        for j, t in zip(short, wide):
+            picks[j] = t
+    return picks
+
+
+def _pick_wide_nucleus(
+    x: torch.Tensor, top_p: torch.Tensor, generators: list[torch.Generator | None]
+) -> list[int]:
+    """Draws from each row's nucleus when it is wide: every token at least as likely as the
+    nucleus's least likely member, whose probability is read from the sorted probabilities.
+    The sort is numpy's, of values only (SIMD; ~4x faster than `torch.sort` here, which also
+    orders the indices)."""
+    probs = torch.softmax(x, dim=-1)
+    ranked = np.sort(probs.numpy(), axis=-1)[:, ::-1]
+    before = np.cumsum(ranked, axis=-1) - ranked  # the mass of the likelier tokens
+    size = (before < top_p.numpy()[:, None]).sum(-1).clip(min=1)
+    least = torch.from_numpy(ranked[np.arange(len(size)), size - 1].copy())
+    return _pick(probs.masked_fill(probs < least[:, None], 0.0), generators).tolist()
+
+
+def _pick_filtered(
+    x: torch.Tensor,
+    ks: torch.Tensor,
+    top_p: torch.Tensor,
+    count: int,
+    generators: list[torch.Generator | None],
+) -> tuple[list[int], list[int]]:
+    """Draws among each row's `count` likeliest of the scaled logits `x`, and the rows whose
+    nucleus may reach beyond them (their draws are not valid)."""
+    capped = ks < x.shape[-1]
+    values, order = x.topk(count, dim=-1)
+    values = values.masked_fill(torch.arange(count)[None, :] >= ks[:, None], float("-inf"))
+    # a top-k row renormalises over its k candidates; a top-p-only row over the vocabulary
+    norm = torch.where(capped, torch.logsumexp(values, dim=-1), torch.logsumexp(x, dim=-1))
+    probs = torch.exp(values - norm[:, None])
+    mass = probs.cumsum(-1)
+    # the nucleus (the likeliest tokens whose preceding mass is below top_p) lies among the
+    # ranked ones when their mass reaches top_p
+    short = (~capped & (mass[:, -1] < top_p)).nonzero()[:, 0].tolist()
+    # keep the smallest prefix whose mass reaches top_p (the first token always stays)
+    drop = mass - probs >= top_p[:, None]
+    drop[:, 0] = False  # even when top_p underflows to 0 (1e-300 in float32)
+    picks = _pick(probs.masked_fill(drop, 0.0), generators)
+    return order.gather(1, picks[:, None])[:, 0].tolist(), short
 
 
 @dataclass(eq=False)
