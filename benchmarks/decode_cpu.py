@@ -1,9 +1,11 @@
-"""CPU decode speed through the real Engine: greedy tokens/s at several batch sizes.
+"""CPU decode speed through the real Engine: tokens/s at several batch sizes.
 
 Loads a run folder, prefills `batch` copies of a prompt (each row a different prompt so the
-rows differ), then times `--new-tokens` greedy decode steps with no stop tokens. Prints one
-JSON object per batch size, with a digest of every generated token, so that two versions of
-the code can be checked to produce the same tokens as well as timed against each other.
+rows differ), then times `--new-tokens` decode steps with no stop tokens: greedy, or sampled
+with `--temperature/--top-k/--top-p` (the chat's defaults: 0.8, 50, 0.95), seeded per row.
+Prints one JSON object per batch size, with a digest of every generated token, so that two
+versions of the code can be checked to produce the same tokens as well as timed against each
+other.
 
     python benchmarks/decode_cpu.py --run /tmp/q --batches 1 16 --new-tokens 128
 
@@ -32,6 +34,11 @@ def main() -> None:
         "--compile", action="store_true", help="Engine(compile=True): the compiled decode step"
     )
     ap.add_argument("--repeats", type=int, default=1, help="timed passes per batch size")
+    ap.add_argument(
+        "--temperature", type=float, default=0.0, help="0: greedy (default); else sampled"
+    )
+    ap.add_argument("--top-k", type=int, default=None)
+    ap.add_argument("--top-p", type=float, default=1.0)
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -47,14 +54,24 @@ def main() -> None:
         engine = Engine(run.model, stop_ids=[], max_batch=batch, cuda_graph=True, **extra)
         g = torch.Generator().manual_seed(0)
         prompts = torch.randint(3, vocab, (batch, a.prompt_tokens), generator=g).tolist()
-        params = SamplingParams(max_tokens=a.new_tokens, temperature=0)
+        # seeded per row, so that sampled runs are repeatable (and comparable across versions)
+        params = [
+            SamplingParams(
+                max_tokens=a.new_tokens,
+                temperature=a.temperature,
+                top_k=a.top_k,
+                top_p=a.top_p,
+                seed=i,
+            )
+            for i in range(batch)
+        ]
         t0 = time.perf_counter()
         engine.generate_many(prompts, params)  # warm-up (and any compilation)
         warm = time.perf_counter() - t0
         best = None
         for _ in range(a.repeats):
-            for p in prompts:
-                engine.add(p, params)
+            for p, sp in zip(prompts, params):
+                engine.add(p, sp)
             engine.step()  # the first tokens come from the prefill's logits
             seqs = list(engine.live)
             steps = 0
