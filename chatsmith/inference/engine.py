@@ -154,10 +154,10 @@ def _sample_filtered(
     """
     vocab = logits.shape[-1]
     x = _scaled(logits, params)
-    ks = torch.tensor([min(p.top_k or vocab, vocab) for p in params])
+    ks = [min(p.top_k or vocab, vocab) for p in params]
+    count = min(vocab, max([64] + [k for k in ks if k < vocab]))
     top_p = torch.tensor([p.top_p for p in params])
-    count = min(vocab, max(64, int(ks[ks < vocab].max()) if (ks < vocab).any() else 0))
-    picks, short = _pick_filtered(x, ks, top_p, count, generators)
+    picks, short = _pick_filtered(x, torch.tensor(ks), top_p, count, generators)
     if short:
         wide = _pick_wide_nucleus(x[short], top_p[short], [generators[j] for j in short])
         for j, t in zip(short, wide):
@@ -193,7 +193,9 @@ def _pick_filtered(
     values, order = x.topk(count, dim=-1)
     values = values.masked_fill(torch.arange(count)[None, :] >= ks[:, None], float("-inf"))
     # a top-k row renormalises over its k candidates; a top-p-only row over the vocabulary
-    norm = torch.where(capped, torch.logsumexp(values, dim=-1), torch.logsumexp(x, dim=-1))
+    norm = torch.logsumexp(values, dim=-1)
+    if not capped.all():
+        norm = torch.where(capped, norm, torch.logsumexp(x, dim=-1))
     probs = torch.exp(values - norm[:, None])
     mass = probs.cumsum(-1)
     # the nucleus (the likeliest tokens whose preceding mass is below top_p) lies among the
