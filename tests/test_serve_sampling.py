@@ -80,6 +80,19 @@ def test_wide_vocabulary_filters_match_the_reference_distribution():
             assert (drawn - mass).abs().max() < 0.04, (p, drawn, mass)
 
 
+def test_every_filtered_row_draws_one_number_from_its_generator():
+    """A seeded row advances its generator by exactly one draw per token, whether its nucleus
+    lies among the first candidates ranked (peaked) or needs the wide path (flat)."""
+    torch.manual_seed(4)
+    flat, peaked = torch.randn(400) * 0.3, torch.randn(400) * 6
+    for row in (flat, peaked):
+        gen = torch.Generator().manual_seed(5)
+        sample_tokens(row[None], [SamplingParams(top_p=0.9, seed=5)], [gen])
+        ref = torch.Generator().manual_seed(5)
+        torch.rand(1, generator=ref)
+        assert torch.rand(1, generator=gen).item() == torch.rand(1, generator=ref).item()
+
+
 def test_mixed_rows_and_seeds_do_not_depend_on_neighbours():
     torch.manual_seed(1)
     logits = torch.randn(3, 50)

@@ -149,15 +149,22 @@ def _sample_filtered(
     Only the likeliest candidates are ranked (`topk`), not the whole vocabulary: sorting
     (16, 8192) logits took ~8 ms on a CPU, longer than the decode step. A row with top_k
     needs its k likeliest; a top-p-only row needs its nucleus, which at the usual settings
-    lies among the likeliest 64 (checked: their mass reaches top_p); rows whose nucleus is
-    wider are ranked in full.
+    lies among the likeliest 64 (checked: their mass reaches top_p); a row whose nucleus is
+    wider sorts all its probabilities' values instead.
     """
     vocab = logits.shape[-1]
     x = _scaled(logits, params)
     ks = [min(p.top_k or vocab, vocab) for p in params]
     count = min(vocab, max([64] + [k for k in ks if k < vocab]))
     top_p = torch.tensor([p.top_p for p in params])
-    picks, short = _pick_filtered(x, torch.tensor(ks), top_p, count, generators)
+    probs, order, short = _ranked_nucleus(x, torch.tensor(ks), top_p, count)
+    # each row draws exactly once: among its ranked candidates, or from its wide nucleus
+    picks = [0] * len(params)
+    ranked = [j for j in range(len(params)) if j not in short]
+    if ranked:
+        draws = _pick(_rows(probs, ranked), [generators[j] for j in ranked])
+        for j, t in zip(ranked, _rows(order, ranked).gather(1, draws[:, None])[:, 0].tolist()):
+            picks[j] = t
     if short:
         wide = _pick_wide_nucleus(x[short], top_p[short], [generators[j] for j in short])
         for j, t in zip(short, wide):
@@ -180,15 +187,12 @@ def _pick_wide_nucleus(
     return _pick(probs.masked_fill(probs < least[:, None], 0.0), generators).tolist()
 
 
-def _pick_filtered(
-    x: torch.Tensor,
-    ks: torch.Tensor,
-    top_p: torch.Tensor,
-    count: int,
-    generators: list[torch.Generator | None],
-) -> tuple[list[int], list[int]]:
-    """Draws among each row's `count` likeliest of the scaled logits `x`, and the rows whose
-    nucleus may reach beyond them (their draws are not valid)."""
+def _ranked_nucleus(
+    x: torch.Tensor, ks: torch.Tensor, top_p: torch.Tensor, count: int
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Each row's `count` likeliest of the scaled logits `x` with their filtered probabilities
+    (unnormalised; top-k and top-p applied), their token ids, and the rows whose nucleus may
+    reach beyond them (their probabilities are not valid)."""
     capped = ks < x.shape[-1]
     values, order = x.topk(count, dim=-1)
     values = values.masked_fill(torch.arange(count)[None, :] >= ks[:, None], float("-inf"))
@@ -204,8 +208,7 @@ def _pick_filtered(
     # keep the smallest prefix whose mass reaches top_p (the first token always stays)
     drop = mass - probs >= top_p[:, None]
     drop[:, 0] = False  # even when top_p underflows to 0 (1e-300 in float32)
-    picks = _pick(probs.masked_fill(drop, 0.0), generators)
-    return order.gather(1, picks[:, None])[:, 0].tolist(), short
+    return probs.masked_fill(drop, 0.0), order, short
 
 
 @dataclass(eq=False)
