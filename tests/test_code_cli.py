@@ -12,9 +12,10 @@ from test_cli import assert_clean_error
 
 from chatsmith.data.code import held_out, stdlib_files
 from chatsmith.data.fim import infill_prompt
-from chatsmith.inference.completion import stream_completion
+from chatsmith.inference.completion import stream_completion, suffix_stops
 from chatsmith.inference.engine import SamplingParams
 from chatsmith.inference.loading import load_run
+from chatsmith.inference.streaming import cut_at_stops
 
 TINY = ["--preset", "tiny", "--vocab-size", "400", "--seq-len", "64", "--batch-size", "4"]
 TINY += ["--max-steps", "3", "--eval-every", "100", "--device", "cpu"]
@@ -61,7 +62,8 @@ def test_complete_streams_the_middle_through_the_engine(code_run, tmp_path):
     loaded = load_run(code_run, "cpu")
     tok, engine = loaded.tokenizer, loaded.engine()
     greedy = SamplingParams(max_tokens=12, temperature=0)
-    expected = tok.decode(engine.generate(infill_prompt(tok, prefix, suffix, 52), greedy))
+    written = tok.decode(engine.generate(infill_prompt(tok, prefix, suffix, 52), greedy))
+    expected = cut_at_stops(written, suffix_stops(suffix))
     assert "".join(stream_completion(engine, tok, prefix, suffix, greedy)) == expected
     assert proc.stdout == expected + "\n"
 
@@ -82,7 +84,13 @@ def test_eval_code_json(code_run):
     figures = json.loads(proc.stdout)
     assert figures["samples"] == 5 and figures["files"] >= 1
     assert figures["bpb"] > 0 and figures["bytes"] > 0
-    for k in ("infill_single_line_em", "infill_multi_line_em", "next_line_em"):
+    for k in (
+        "infill_single_line_em",
+        "infill_multi_line_em",
+        "left_to_right_single_line_em",
+        "left_to_right_multi_line_em",
+        "next_line_em",
+    ):
         assert figures[k] in {i / 5 for i in range(6)}
     # an untrained-ish model: each middle costs bits, more than zero and less than raw bytes
     for k in ("middle_bpb_with_suffix", "middle_bpb_prefix_only"):

@@ -26,7 +26,15 @@ from chatsmith.data.fim import (
 )
 from chatsmith.data.tokens import tokenize_documents
 from chatsmith.errors import ChatsmithError
-from chatsmith.inference.completion import completion_prompt, cursor_in_file, cursor_text
+from chatsmith.inference.completion import (
+    completion_prompt,
+    cursor_in_file,
+    cursor_text,
+    stream_completion,
+    suffix_stops,
+)
+from chatsmith.inference.engine import SamplingParams
+from chatsmith.serving.protocol import CompletionRequest
 from chatsmith.tokenizer import FIM_TOKENS, Tokenizer
 
 CODE = '''import os
@@ -172,11 +180,11 @@ def test_infill_prompt_fits_budget_and_keeps_text_near_cursor(tok):
     ids = infill_prompt(tok, prefix, suffix, 60)
     assert len(ids) <= 60
     p, s, m = tok.fim_prefix_id, tok.fim_suffix_id, tok.fim_middle_id
-    assert ids[:2] == [tok.bos_id, p] and ids[-1] == m
-    pre, suf = tok.decode(ids[2 : ids.index(s)]), tok.decode(ids[ids.index(s) + 1 : -1])
+    assert ids[:3] == [tok.bos_id, p, s]  # SPM: the suffix first, the prefix next to the middle
+    suf, pre = tok.decode(ids[3 : ids.index(m)]), tok.decode(ids[ids.index(m) + 1 :])
     assert prefix.endswith(pre) and suffix.startswith(suf) and len(pre) > 20 and len(suf) > 20
     short = infill_prompt(tok, "x = ", "\ny = 2", 60)
-    assert tok.decode(short) == "x = \ny = 2"
+    assert tok.decode(short) == "\ny = 2x = " and short[-len(tok.encode("x = ")) - 1] == m
 
 
 def test_completion_prompt_needs_a_prefix(tok):
@@ -240,3 +248,37 @@ def test_edit_similarity_gives_partial_credit_and_punishes_running_on():
     ran_on = edit_similarity(truth + "\n\nprint(add(1, 2))\nprint(add(3, 4))\n", truth)
     unrelated = edit_similarity("import os", truth)
     assert 1.0 > close > ran_on > unrelated
+
+
+def test_suffix_stops_end_the_middle_before_the_line_after_the_cursor():
+    assert suffix_stops("\n\n    return x\nfoo()\n") == ["\n\n    return x"]
+    assert suffix_stops("\n  y\n") == ["\n  y"]
+    # inside a line, or nothing but blank lines after the cursor: no stop
+    for suffix in (")\n    return x", "\n", "\n   \n", "", None):
+        assert suffix_stops(suffix) == []
+    body = CompletionRequest(prompt="x = 1", suffix="\nreturn x", stop=["END"])
+    assert body.stop_list() == ["END", "\nreturn x"]
+
+
+class ScriptedEngine:
+    """Stands in for the model: `generate` yields the tokens of a fixed text."""
+
+    context = 256
+
+    def __init__(self, tok: Tokenizer, text: str):
+        self.ids, self.prompts = tok.encode(text), []
+
+    def generate(self, ids, params):
+        self.prompts.append(ids)
+        yield from self.ids
+
+
+def test_stream_completion_stops_where_the_suffix_line_begins(tok):
+    prefix, suffix = "def f(x):", "\n    return y\n"
+    written = "\n    y = x + 1\n    return y\n\nprint(f(2))"
+    engine = ScriptedEngine(tok, written)
+    greedy = SamplingParams(max_tokens=32, temperature=0)
+    assert "".join(stream_completion(engine, tok, prefix, suffix, greedy)) == "\n    y = x + 1"
+    assert engine.prompts[0] == completion_prompt(tok, prefix, suffix, 256 - 32)
+    # without a suffix the text is a plain continuation, uncut
+    assert "".join(stream_completion(engine, tok, prefix, None, greedy)) == written

@@ -2,7 +2,12 @@
 
 - bits per byte of the files read left to right;
 - infill exact match: a run of whole lines is cut out of a held-out file (random spans, fixed
-  seed) and the model, given the code before and after, must write it back exactly;
+  seed) and the model, given the code before and after, must write it back exactly; its
+  output ends at `<|end|>` or where it starts to write the line after the cut, as
+  `chatsmith complete` ends it (`suffix_stops`);
+- left-to-right exact match: the same spans and the same stop, the model given the code
+  before only: what a model trained without FIM can do at that cursor, and so the figure to
+  compare a FIM model's infill exact match with;
 - infill edit similarity: the same generations scored by how close they are to the removed
   text (difflib's ratio, 0..1), the partial-credit figure code-completion benchmarks report
   beside exact match; a middle that runs on past the cursor (a model that never learned
@@ -32,10 +37,11 @@ from chatsmith.data.code import PYTHON_STDLIB, CodeFile, code_files, is_code_sou
 from chatsmith.data.fim import CHARS_PER_CONTEXT_TOKEN, FimSplit
 from chatsmith.errors import ChatsmithError
 from chatsmith.evaluation.perplexity import score_documents
-from chatsmith.inference.completion import completion_prompt
+from chatsmith.inference.completion import completion_prompt, suffix_stops
 from chatsmith.inference.engine import SamplingParams
 from chatsmith.inference.loading import LoadedRun
 from chatsmith.inference.scoring import score_batches
+from chatsmith.inference.streaming import cut_at_stops
 from chatsmith.models import IGNORE_INDEX
 from chatsmith.runtime import autocast
 
@@ -56,6 +62,8 @@ class CodeScore:
     infill_multi_line_em: float | None
     infill_single_line_es: float | None  # edit similarity, 0..1
     infill_multi_line_es: float | None
+    left_to_right_single_line_em: float
+    left_to_right_multi_line_em: float
     next_line_em: float
     middle_bpb_with_suffix: float | None  # None when the tokenizer has no FIM markers
     middle_bpb_prefix_only: float
@@ -147,11 +155,20 @@ def edit_similarity(a: str, b: str) -> float:
     return difflib.SequenceMatcher(None, a.rstrip(), b.rstrip(), autojunk=False).ratio()
 
 
-def infill_scores(run: LoadedRun, spans: list[FimSplit], max_tokens: int) -> tuple[float, float]:
-    """Exact match and mean edit similarity of greedy infills of `spans`."""
+def infill_scores(
+    run: LoadedRun, spans: list[FimSplit], max_tokens: int, read_suffix: bool = True
+) -> tuple[float, float]:
+    """Exact match and mean edit similarity of greedy infills of `spans` (with `read_suffix`
+    off, of left-to-right completions of their prefixes, ended by the same stop)."""
     budget = run.cfg.max_seq_len - max_tokens
-    prompts = [completion_prompt(run.tokenizer, s.prefix, s.suffix, budget) for s in spans]
-    outs = _generate(run, prompts, max_tokens)
+    prompts = [
+        completion_prompt(run.tokenizer, s.prefix, s.suffix if read_suffix else None, budget)
+        for s in spans
+    ]
+    outs = [
+        cut_at_stops(o, suffix_stops(s.suffix))
+        for o, s in zip(_generate(run, prompts, max_tokens), spans)
+    ]
     exact = sum(o.rstrip() == s.middle.rstrip() for o, s in zip(outs, spans))
     similar = sum(edit_similarity(o, s.middle) for o, s in zip(outs, spans))
     return exact / len(spans), similar / len(spans)
@@ -190,6 +207,8 @@ def evaluate_code(
         single_em, single_es = infill_scores(run, single, _room(run, 48))
         multi_em, multi_es = infill_scores(run, multi, _room(run, 128))
         with_suffix = middle_bpb(run, single + multi, with_suffix=True)
+    ltr_single, _ = infill_scores(run, single, _room(run, 48), read_suffix=False)
+    ltr_multi, _ = infill_scores(run, multi, _room(run, 128), read_suffix=False)
     return CodeScore(
         files=len(files),
         loss=score.loss,
@@ -200,6 +219,8 @@ def evaluate_code(
         infill_multi_line_em=multi_em,
         infill_single_line_es=single_es,
         infill_multi_line_es=multi_es,
+        left_to_right_single_line_em=ltr_single,
+        left_to_right_multi_line_em=ltr_multi,
         next_line_em=next_line_exact_match(run, single, _room(run, 48)),
         middle_bpb_with_suffix=with_suffix,
         middle_bpb_prefix_only=middle_bpb(run, single + multi, with_suffix=False),

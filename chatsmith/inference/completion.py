@@ -2,6 +2,10 @@
 
 With a suffix the prompt is a fill-in-the-middle prompt (see `chatsmith.data.fim`) and the
 model writes the middle, stopping at `<|end|>`; without one it simply continues the prefix.
+When the cursor ends a line (the suffix starts with a line break), the middle also ends where
+the model starts to write the line after the cursor (`suffix_stops`): the stop editors apply,
+and the one a small model needs, since it writes the right lines well before it learns to
+write `<|end|>` after them (benchmarks/RESULTS.md, issue 12).
 The CLI (`chatsmith complete`), the server (`suffix` in /v1/completions) and `eval --code` all
 build their prompts here and generate through the shared engine.
 """
@@ -14,7 +18,7 @@ from pathlib import Path
 from chatsmith.data.fim import infill_prompt
 from chatsmith.errors import ChatsmithError
 from chatsmith.inference.engine import Engine, SamplingParams
-from chatsmith.inference.streaming import TextStream
+from chatsmith.inference.streaming import StopFilter, TextStream
 from chatsmith.tokenizer import Tokenizer
 
 
@@ -34,6 +38,19 @@ def completion_prompt(
     return [*start, *ids[max(0, len(ids) - (budget - len(start))) :]]
 
 
+def suffix_stops(suffix: str | None) -> list[str]:
+    """Stop strings of an infill: the suffix through its first non-blank line, when the
+    suffix starts a new line (`"\n\n    return x\n..."` -> `"\n\n    return x"`); none for a
+    cursor inside a line, where a short rest of the line (`")"`) could also end a right middle."""
+    if not suffix or not suffix.startswith("\n"):
+        return []
+    lines = suffix.split("\n")
+    for i, line in enumerate(lines):
+        if line.strip():
+            return ["\n".join(lines[: i + 1])]
+    return []
+
+
 def prompt_budget(context: int, max_tokens: int) -> int:
     """Prompt room that leaves the reply at least `max_tokens` or half the context."""
     return context - min(max_tokens, context // 2)
@@ -48,12 +65,14 @@ def stream_completion(
 ) -> Iterator[str]:
     """Text pieces of the completion (the middle, when there is a suffix) as they decode."""
     ids = completion_prompt(tok, prefix, suffix, prompt_budget(engine.context, params.max_tokens))
-    stream = TextStream(tok)
+    stream, stops = TextStream(tok), StopFilter(suffix_stops(suffix))
     for token in engine.generate(ids, params):
-        piece = stream.push(token)
+        piece = stops.push(stream.push(token))
         if piece:
             yield piece
-    tail = stream.flush()
+        if stops.stopped:
+            return
+    tail = stops.push(stream.flush()) + stops.flush()
     if tail:
         yield tail
 

@@ -76,3 +76,9 @@ class StopFilter:
                     keep = n
                     break
         return keep
+
+
+def cut_at_stops(text: str, stops: Sequence[str]) -> str:
+    """`text` ended before the first of `stops`, as a stream through `StopFilter` would be."""
+    f = StopFilter(stops)
+    return f.push(text) + f.flush()

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from chatsmith.inference.completion import suffix_stops
+
 
 def _encodable(text: str) -> str:
     """JSON may carry lone UTF-16 surrogates ("\\ud800"), which no UTF-8 text holds: refused
@@ -93,8 +95,12 @@ class CompletionRequest(SamplingRequest):
     suffix: Text | None = Field(
         None,
         description="Text after the insertion point: the model writes what goes between the "
-        "prompt and it (fill-in-the-middle; for models pretrained with --fim).",
+        "prompt and it (fill-in-the-middle; for models pretrained with --fim). When the suffix "
+        "starts a new line, the text also ends before the model writes that line.",
     )
+
+    def stop_list(self) -> list[str]:
+        return super().stop_list() + suffix_stops(self.suffix)
 
 
 def new_id(prefix: str) -> str:
