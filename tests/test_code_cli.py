@@ -89,6 +89,8 @@ def test_eval_code_json(code_run):
         "infill_multi_line_em",
         "left_to_right_single_line_em",
         "left_to_right_multi_line_em",
+        "infill_in_line_em",
+        "left_to_right_in_line_em",
         "next_line_em",
     ):
         assert figures[k] in {i / 5 for i in range(6)}

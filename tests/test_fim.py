@@ -9,6 +9,7 @@ import pytest
 
 from chatsmith.data.code import (
     PYTHON_STDLIB,
+    CodeFile,
     code_files,
     folder_files,
     held_out,
@@ -26,6 +27,7 @@ from chatsmith.data.fim import (
 )
 from chatsmith.data.tokens import tokenize_documents
 from chatsmith.errors import ChatsmithError
+from chatsmith.evaluation.code import rest_of_line_stops, sample_in_line_spans, sample_spans
 from chatsmith.inference.completion import (
     completion_prompt,
     cursor_in_file,
@@ -282,3 +284,29 @@ def test_stream_completion_stops_where_the_suffix_line_begins(tok):
     assert engine.prompts[0] == completion_prompt(tok, prefix, suffix, 256 - 32)
     # without a suffix the text is a plain continuation, uncut
     assert "".join(stream_completion(engine, tok, prefix, None, greedy)) == written
+
+
+def test_eval_spans_are_windows_of_the_file():
+    files = [CodeFile("a.py", CODE)]
+    for spans in (
+        sample_spans(files, 20, 1, 80, seed=1),
+        sample_spans(files, 20, (2, 4), 80, seed=2),
+        sample_in_line_spans(files, 20, 80, seed=3),
+    ):
+        assert len(spans) == 20
+        for s in spans:
+            assert s.document in CODE and s.middle.strip()
+    ends_line = 0
+    for s in sample_in_line_spans(files, 100, 80, seed=3):
+        assert "\n" not in s.middle
+        line_start = s.prefix[s.prefix.rfind("\n") + 1 :]
+        line = line_start + s.middle + s.suffix.split("\n")[0]
+        assert len(line_start) >= len(line) - len(line.lstrip())  # the cut is past the indent
+        ends_line += s.suffix.startswith("\n")
+    assert 0 < ends_line < 100  # some middles run to the end of their line, most do not
+
+
+def test_rest_of_line_stops():
+    assert rest_of_line_stops("x)\n    return 1") == ["x)"]
+    assert rest_of_line_stops("\n    return 1\n") == ["\n    return 1"]  # the middle ends a line
+    assert rest_of_line_stops("  \n") == []

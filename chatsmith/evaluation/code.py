@@ -8,6 +8,10 @@
 - left-to-right exact match: the same spans and the same stop, the model given the code
   before only: what a model trained without FIM can do at that cursor, and so the figure to
   compare a FIM model's infill exact match with;
+- in-line infill exact match: a few characters cut out inside one line (the cursor inside a
+  call or an expression). The infill ends only at `<|end|>`, as in `complete`; the
+  left-to-right figure beside it gets an editor's rule instead (end where the model writes the
+  rest of the line), since a model without FIM has no way to say that a middle is done;
 - infill edit similarity: the same generations scored by how close they are to the removed
   text (difflib's ratio, 0..1), the partial-credit figure code-completion benchmarks report
   beside exact match; a middle that runs on past the cursor (a model that never learned
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import difflib
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -62,8 +67,10 @@ class CodeScore:
     infill_multi_line_em: float | None
     infill_single_line_es: float | None  # edit similarity, 0..1
     infill_multi_line_es: float | None
+    infill_in_line_em: float | None
     left_to_right_single_line_em: float
     left_to_right_multi_line_em: float
+    left_to_right_in_line_em: float
     next_line_em: float
     middle_bpb_with_suffix: float | None  # None when the tokenizer has no FIM markers
     middle_bpb_prefix_only: float
@@ -108,12 +115,40 @@ def sample_spans(files: list[CodeFile], n: int, lines: int, max_chars: int, seed
             continue
         prefix = "\n".join(rows[:i])
         suffix = "\n" + "\n".join(rows[i + k :])
-        cut = prefix.find("\n", len(prefix) - max_chars)  # start the prefix at a line
-        prefix = prefix[cut + 1 :] if len(prefix) > max_chars and cut >= 0 else prefix
-        end = suffix.rfind("\n", 0, max_chars)
-        suffix = suffix[:end] if len(suffix) > max_chars and end > 0 else suffix
-        out.append(FimSplit(prefix, "\n" + "\n".join(body), suffix))
+        out.append(_trimmed(prefix, "\n" + "\n".join(body), suffix, max_chars))
     return out
+
+
+def sample_in_line_spans(files: list[CodeFile], n: int, max_chars: int, seed: int):
+    """`n` spans of characters inside one line, both cuts between the line's indentation and
+    its end (the cursor inside a call or an expression), with the same context either side."""
+    rng = random.Random(seed)
+    out: list[FimSplit] = []
+    tries = 0
+    while len(out) < n and tries < 100 * n:
+        tries += 1
+        rows = rng.choice(files).text.split("\n")
+        if len(rows) < 3:
+            continue
+        i = rng.randint(1, len(rows) - 2)
+        if len(rows[i].strip()) < 2 or len(rows[i]) > MAX_LINE_CHARS:
+            continue
+        row = rows[i]
+        a = rng.randint(len(row) - len(row.lstrip()), len(row) - 1)
+        b = rng.randint(a + 1, len(row))
+        prefix = "\n".join(rows[:i]) + "\n" + row[:a]
+        suffix = row[b:] + "\n" + "\n".join(rows[i + 1 :])
+        out.append(_trimmed(prefix, row[a:b], suffix, max_chars))
+    return out
+
+
+def _trimmed(prefix: str, middle: str, suffix: str, max_chars: int) -> FimSplit:
+    """At most about `max_chars` of context each side, cut at line breaks."""
+    cut = prefix.find("\n", len(prefix) - max_chars)  # start the prefix at a line
+    prefix = prefix[cut + 1 :] if len(prefix) > max_chars and cut >= 0 else prefix
+    end = suffix.rfind("\n", 0, max_chars)
+    suffix = suffix[:end] if len(suffix) > max_chars and end > 0 else suffix
+    return FimSplit(prefix, middle, suffix)
 
 
 def _room(run: LoadedRun, wanted: int) -> int:
@@ -155,19 +190,30 @@ def edit_similarity(a: str, b: str) -> float:
     return difflib.SequenceMatcher(None, a.rstrip(), b.rstrip(), autojunk=False).ratio()
 
 
+def rest_of_line_stops(suffix: str) -> list[str]:
+    """A cursor inside a line: end where the model writes the rest of that line (or, for a
+    middle that runs to the line's end, the next line). An editor's rule for a model that has
+    no `<|end|>` to say where a middle ends."""
+    rest = suffix.split("\n")[0]
+    return [rest] if rest.strip() else suffix_stops(suffix)
+
+
 def infill_scores(
-    run: LoadedRun, spans: list[FimSplit], max_tokens: int, read_suffix: bool = True
+    run: LoadedRun,
+    spans: list[FimSplit],
+    max_tokens: int,
+    read_suffix: bool = True,
+    stops: Callable[[str], list[str]] = suffix_stops,
 ) -> tuple[float, float]:
     """Exact match and mean edit similarity of greedy infills of `spans` (with `read_suffix`
-    off, of left-to-right completions of their prefixes, ended by the same stop)."""
+    off, of left-to-right completions of their prefixes), each ended at `stops(suffix)`."""
     budget = run.cfg.max_seq_len - max_tokens
     prompts = [
         completion_prompt(run.tokenizer, s.prefix, s.suffix if read_suffix else None, budget)
         for s in spans
     ]
     outs = [
-        cut_at_stops(o, suffix_stops(s.suffix))
-        for o, s in zip(_generate(run, prompts, max_tokens), spans)
+        cut_at_stops(o, stops(s.suffix)) for o, s in zip(_generate(run, prompts, max_tokens), spans)
     ]
     exact = sum(o.rstrip() == s.middle.rstrip() for o, s in zip(outs, spans))
     similar = sum(edit_similarity(o, s.middle) for o, s in zip(outs, spans))
@@ -202,13 +248,18 @@ def evaluate_code(
     multi = sample_spans(files, samples, MULTI_LINES, side, SEED + 1)
     if not single or not multi:
         raise ChatsmithError("the held-out files have too few lines to cut spans from")
-    single_em = multi_em = single_es = multi_es = with_suffix = None
+    in_line = sample_in_line_spans(files, samples, side, SEED + 2)
+    single_em = multi_em = single_es = multi_es = in_line_em = with_suffix = None
     if tok.has_fim:
         single_em, single_es = infill_scores(run, single, _room(run, 48))
         multi_em, multi_es = infill_scores(run, multi, _room(run, 128))
+        in_line_em, _ = infill_scores(run, in_line, _room(run, 32))
         with_suffix = middle_bpb(run, single + multi, with_suffix=True)
     ltr_single, _ = infill_scores(run, single, _room(run, 48), read_suffix=False)
     ltr_multi, _ = infill_scores(run, multi, _room(run, 128), read_suffix=False)
+    ltr_in_line, _ = infill_scores(
+        run, in_line, _room(run, 32), read_suffix=False, stops=rest_of_line_stops
+    )
     return CodeScore(
         files=len(files),
         loss=score.loss,
@@ -219,8 +270,10 @@ def evaluate_code(
         infill_multi_line_em=multi_em,
         infill_single_line_es=single_es,
         infill_multi_line_es=multi_es,
+        infill_in_line_em=in_line_em,
         left_to_right_single_line_em=ltr_single,
         left_to_right_multi_line_em=ltr_multi,
+        left_to_right_in_line_em=ltr_in_line,
         next_line_em=next_line_exact_match(run, single, _room(run, 48)),
         middle_bpb_with_suffix=with_suffix,
         middle_bpb_prefix_only=middle_bpb(run, single + multi, with_suffix=False),
