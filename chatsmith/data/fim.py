@@ -112,8 +112,9 @@ def infill_prompt(tok: Tokenizer, prefix: str, suffix: str, budget: int) -> list
 
     SPM because a small model trained on both orders infills far better from it: with the
     prefix right before the middle its first line continues the code as left-to-right text
-    does (benchmarks/RESULTS.md, issue 12: 34 exact single-line infills of 500 from SPM, 0
-    from PSM, the same 10-minute model), as the FIM paper also found SPM the stronger mode."""
+    does (benchmarks/RESULTS.md, issue 12: 35 exact single-line infills of 500 from SPM, 0
+    from PSM, the same 10-minute model and stop), as the FIM paper also found SPM the stronger
+    mode."""
     check_tokenizer(tok)
     pre, suf = tok.encode(prefix), tok.encode(suffix)
     room = budget - 4
