@@ -74,7 +74,9 @@ def test_complete_streams_the_middle_through_the_engine(code_run, tmp_path):
         "--max-tokens", "12", "--device", "cpu",
     )  # fmt: skip
     assert at_line.returncode == 0, at_line.stderr
-    assert at_line.stdout == expected + "\n"  # line 2 starts right after the prefix
+    # line 2's cursor is the end of line 1: the same infill with the break moved to the suffix
+    moved = "".join(stream_completion(engine, tok, prefix[:-1], "\n" + suffix, greedy))
+    assert at_line.stdout == moved + "\n"
 
 
 @pytest.mark.slow

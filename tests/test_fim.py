@@ -202,9 +202,14 @@ def test_completion_prompt_needs_a_prefix(tok):
 def test_cursor_in_file(tmp_path):
     f = tmp_path / "m.py"
     f.write_text("a = 1\nb = 2\nc = 3\n")
-    assert cursor_in_file(f, 2) == ("a = 1\n", "b = 2\nc = 3\n")
+    # at the start of a line: the end of the line before (new lines are inserted there)
+    assert cursor_in_file(f, 2) == ("a = 1", "\nb = 2\nc = 3\n")
+    assert cursor_in_file(f, 1) == ("", "a = 1\nb = 2\nc = 3\n")
     assert cursor_in_file(f, 2, 5) == ("a = 1\nb = ", "2\nc = 3\n")
-    assert cursor_in_file(f, 4) == ("a = 1\nb = 2\nc = 3\n", "")
+    assert cursor_in_file(f, 4) == ("a = 1\nb = 2\nc = 3", "\n")
+    crlf = tmp_path / "w.py"
+    crlf.write_bytes(b"a = 1\r\nb = 2\r\n")
+    assert cursor_in_file(crlf, 2) == ("a = 1", "\r\nb = 2\r\n")
     with pytest.raises(ChatsmithError, match="--line must be between 1 and 4"):
         cursor_in_file(f, 9)
 
