@@ -40,7 +40,7 @@ def completion_prompt(
 
 def suffix_stops(suffix: str | None) -> list[str]:
     """Stop strings of an infill: the suffix through its first non-blank line, when the
-    suffix starts a new line (`"\n\n    return x\n..."` -> `"\n\n    return x"`); none for a
+    suffix starts a new line (`"\\n\\n    return x\\n..."` -> `"\\n\\n    return x"`); none for a
     cursor inside a line, where a short rest of the line (`")"`) could also end a right middle."""
     if not suffix or not suffix.startswith("\n"):
         return []
