@@ -27,7 +27,7 @@ from chatsmith.data.fim import (
 )
 from chatsmith.data.tokens import tokenize_documents
 from chatsmith.errors import ChatsmithError
-from chatsmith.evaluation.code import rest_of_line_stops, sample_in_line_spans, sample_spans
+from chatsmith.evaluation.code import sample_in_line_spans, sample_spans
 from chatsmith.inference.completion import (
     completion_prompt,
     cursor_in_file,
@@ -260,8 +260,8 @@ def test_edit_similarity_gives_partial_credit_and_punishes_running_on():
 def test_suffix_stops_end_the_middle_before_the_line_after_the_cursor():
     assert suffix_stops("\n\n    return x\nfoo()\n") == ["\n\n    return x"]
     assert suffix_stops("\n  y\n") == ["\n  y"]
-    # inside a line, or nothing but blank lines after the cursor: no stop
-    for suffix in (")\n    return x", "\n", "\n   \n", "", None):
+    assert suffix_stops("x)\n    return x") == ["x)"]  # inside a line: the rest of it
+    for suffix in ("\n", "\n   \n", "  ", "", None):  # nothing but blanks after the cursor
         assert suffix_stops(suffix) == []
     body = CompletionRequest(prompt="x = 1", suffix="\nreturn x", stop=["END"])
     assert body.stop_list() == ["END", "\nreturn x"]
@@ -289,6 +289,9 @@ def test_stream_completion_stops_where_the_suffix_line_begins(tok):
     assert engine.prompts[0] == completion_prompt(tok, prefix, suffix, 256 - 32)
     # without a suffix the text is a plain continuation, uncut
     assert "".join(stream_completion(engine, tok, prefix, None, greedy)) == written
+    # a cursor inside a line: the middle ends where the rest of that line begins
+    call = ScriptedEngine(tok, "x, 1)\n    return y")
+    assert "".join(stream_completion(call, tok, "y = max(", "1)\nreturn y", greedy)) == "x, "
 
 
 def test_eval_spans_are_windows_of_the_file():
@@ -309,9 +312,3 @@ def test_eval_spans_are_windows_of_the_file():
         assert len(line_start) >= len(line) - len(line.lstrip())  # the cut is past the indent
         ends_line += s.suffix.startswith("\n")
     assert 0 < ends_line < 100  # some middles run to the end of their line, most do not
-
-
-def test_rest_of_line_stops():
-    assert rest_of_line_stops("x)\n    return 1") == ["x)"]
-    assert rest_of_line_stops("\n    return 1\n") == ["\n    return 1"]  # the middle ends a line
-    assert rest_of_line_stops("  \n") == []

@@ -3,15 +3,14 @@
 - bits per byte of the files read left to right;
 - infill exact match: a run of whole lines is cut out of a held-out file (random spans, fixed
   seed) and the model, given the code before and after, must write it back exactly; its
-  output ends at `<|end|>` or where it starts to write the line after the cut, as
+  output ends at `<|end|>` or where it starts to write the text after the cut, as
   `chatsmith complete` ends it (`suffix_stops`);
 - left-to-right exact match: the same spans and the same stop, the model given the code
   before only: what a model trained without FIM can do at that cursor, and so the figure to
   compare a FIM model's infill exact match with;
-- in-line infill exact match: a few characters cut out inside one line (the cursor inside a
-  call or an expression). The infill ends only at `<|end|>`, as in `complete`; the
-  left-to-right figure beside it gets an editor's rule instead (end where the model writes the
-  rest of the line), since a model without FIM has no way to say that a middle is done;
+- in-line exact match: the same two figures for a few characters cut out inside one line
+  (the cursor inside a call or an expression), ended the same way (where the model writes the
+  rest of the line);
 - infill edit similarity: the same generations scored by how close they are to the removed
   text (difflib's ratio, 0..1), the partial-credit figure code-completion benchmarks report
   beside exact match; a middle that runs on past the cursor (a model that never learned
@@ -32,7 +31,6 @@ from __future__ import annotations
 
 import difflib
 import random
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -190,30 +188,19 @@ def edit_similarity(a: str, b: str) -> float:
     return difflib.SequenceMatcher(None, a.rstrip(), b.rstrip(), autojunk=False).ratio()
 
 
-def rest_of_line_stops(suffix: str) -> list[str]:
-    """A cursor inside a line: end where the model writes the rest of that line (or, for a
-    middle that runs to the line's end, the next line). An editor's rule for a model that has
-    no `<|end|>` to say where a middle ends."""
-    rest = suffix.split("\n")[0]
-    return [rest] if rest.strip() else suffix_stops(suffix)
-
-
 def infill_scores(
-    run: LoadedRun,
-    spans: list[FimSplit],
-    max_tokens: int,
-    read_suffix: bool = True,
-    stops: Callable[[str], list[str]] = suffix_stops,
+    run: LoadedRun, spans: list[FimSplit], max_tokens: int, read_suffix: bool = True
 ) -> tuple[float, float]:
     """Exact match and mean edit similarity of greedy infills of `spans` (with `read_suffix`
-    off, of left-to-right completions of their prefixes), each ended at `stops(suffix)`."""
+    off, of left-to-right completions of their prefixes), each ended at `suffix_stops`."""
     budget = run.cfg.max_seq_len - max_tokens
     prompts = [
         completion_prompt(run.tokenizer, s.prefix, s.suffix if read_suffix else None, budget)
         for s in spans
     ]
     outs = [
-        cut_at_stops(o, stops(s.suffix)) for o, s in zip(_generate(run, prompts, max_tokens), spans)
+        cut_at_stops(o, suffix_stops(s.suffix))
+        for o, s in zip(_generate(run, prompts, max_tokens), spans)
     ]
     exact = sum(o.rstrip() == s.middle.rstrip() for o, s in zip(outs, spans))
     similar = sum(edit_similarity(o, s.middle) for o, s in zip(outs, spans))
@@ -257,9 +244,7 @@ def evaluate_code(
         with_suffix = middle_bpb(run, single + multi, with_suffix=True)
     ltr_single, _ = infill_scores(run, single, _room(run, 48), read_suffix=False)
     ltr_multi, _ = infill_scores(run, multi, _room(run, 128), read_suffix=False)
-    ltr_in_line, _ = infill_scores(
-        run, in_line, _room(run, 32), read_suffix=False, stops=rest_of_line_stops
-    )
+    ltr_in_line, _ = infill_scores(run, in_line, _room(run, 32), read_suffix=False)
     return CodeScore(
         files=len(files),
         loss=score.loss,

@@ -95,8 +95,8 @@ class CompletionRequest(SamplingRequest):
     suffix: Text | None = Field(
         None,
         description="Text after the insertion point: the model writes what goes between the "
-        "prompt and it (fill-in-the-middle; for models pretrained with --fim). When the suffix "
-        "starts a new line, the text also ends before the model writes that line.",
+        "prompt and it (fill-in-the-middle; for models pretrained with --fim). The text ends "
+        "where the model starts to write the suffix (through its first non-blank line).",
     )
 
     def stop_list(self) -> list[str]:
