@@ -51,6 +51,29 @@ def test_suffix_fills_the_middle_streamed_or_not(client, loaded):
     assert empty.usage.prompt_tokens == plain.usage.prompt_tokens
 
 
+def test_the_middle_ends_where_the_model_writes_the_suffix(client, loaded):
+    """A suffix whose first line is a word the model writes early: the server ends the text
+    there (finish_reason "stop"), streamed or not, as `suffix_stops` says."""
+    tok = loaded.tokenizer
+    engine = Engine(loaded.model, stop_ids=sorted(tok.special_ids))
+    greedy = SamplingParams(max_tokens=16, temperature=0)
+    prefix = "Hello, how are"
+    for stop in ("I", "e", "a", "o", "t", "."):  # one the tiny model writes within its reply
+        written = tok.decode(
+            engine.generate(infill_prompt(tok, prefix, stop + "\n", 10**9), greedy)
+        )
+        if stop in written:
+            break
+    else:
+        pytest.fail(f"the tiny model wrote none of the candidate stops: {written!r}")
+    kw = dict(model="m", prompt=prefix, suffix=stop + "\n", max_tokens=16, temperature=0)
+    r = client.completions.create(**kw)
+    assert r.choices[0].text == written[: written.index(stop)]
+    assert r.choices[0].finish_reason == "stop"
+    streamed = list(client.completions.create(stream=True, **kw))
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == r.choices[0].text
+
+
 def test_suffix_too_long_is_refused(client):
     with pytest.raises(openai.BadRequestError, match="context"):
         client.completions.create(model="m", prompt="x", suffix="y = 1\n" * 400, max_tokens=4)
