@@ -188,30 +188,30 @@ def edit_similarity(a: str, b: str) -> float:
     return difflib.SequenceMatcher(None, a.rstrip(), b.rstrip(), autojunk=False).ratio()
 
 
-def infill_scores(
+def completions(
     run: LoadedRun, spans: list[FimSplit], max_tokens: int, read_suffix: bool = True
-) -> tuple[float, float]:
-    """Exact match and mean edit similarity of greedy infills of `spans` (with `read_suffix`
-    off, of left-to-right completions of their prefixes), each ended at `suffix_stops`."""
+) -> list[str]:
+    """Greedy infills of `spans` (with `read_suffix` off, left-to-right completions of their
+    prefixes), as the model wrote them."""
     budget = run.cfg.max_seq_len - max_tokens
     prompts = [
         completion_prompt(run.tokenizer, s.prefix, s.suffix if read_suffix else None, budget)
         for s in spans
     ]
-    outs = [
-        cut_at_stops(o, suffix_stops(s.suffix))
-        for o, s in zip(_generate(run, prompts, max_tokens), spans)
-    ]
+    return _generate(run, prompts, max_tokens)
+
+
+def infill_scores(outs: list[str], spans: list[FimSplit]) -> tuple[float, float]:
+    """Exact match and mean edit similarity of `completions`, each ended at `suffix_stops`."""
+    outs = [cut_at_stops(o, suffix_stops(s.suffix)) for o, s in zip(outs, spans)]
     exact = sum(o.rstrip() == s.middle.rstrip() for o, s in zip(outs, spans))
     similar = sum(edit_similarity(o, s.middle) for o, s in zip(outs, spans))
     return exact / len(spans), similar / len(spans)
 
 
-def next_line_exact_match(run: LoadedRun, spans: list[FimSplit], max_tokens: int) -> float:
-    """Spans of one line; the model sees the prefix only and must start a new line."""
-    budget = run.cfg.max_seq_len - max_tokens
-    prompts = [completion_prompt(run.tokenizer, s.prefix, None, budget) for s in spans]
-    outs = _generate(run, prompts, max_tokens)
+def next_line_exact_match(outs: list[str], spans: list[FimSplit]) -> float:
+    """Left-to-right `completions` of one-line spans: the first line they start must be the
+    removed one."""
     hits = 0
     for o, s in zip(outs, spans):
         line = o.split("\n")[1] if o.startswith("\n") and "\n" in o else None
@@ -237,14 +237,17 @@ def evaluate_code(
         raise ChatsmithError("the held-out files have too few lines to cut spans from")
     in_line = sample_in_line_spans(files, samples, side, SEED + 2)
     single_em = multi_em = single_es = multi_es = in_line_em = with_suffix = None
+    rooms = {"single": _room(run, 48), "multi": _room(run, 128), "in_line": _room(run, 32)}
     if tok.has_fim:
-        single_em, single_es = infill_scores(run, single, _room(run, 48))
-        multi_em, multi_es = infill_scores(run, multi, _room(run, 128))
-        in_line_em, _ = infill_scores(run, in_line, _room(run, 32))
+        single_em, single_es = infill_scores(completions(run, single, rooms["single"]), single)
+        multi_em, multi_es = infill_scores(completions(run, multi, rooms["multi"]), multi)
+        in_line_em, _ = infill_scores(completions(run, in_line, rooms["in_line"]), in_line)
         with_suffix = middle_bpb(run, single + multi, with_suffix=True)
-    ltr_single, _ = infill_scores(run, single, _room(run, 48), read_suffix=False)
-    ltr_multi, _ = infill_scores(run, multi, _room(run, 128), read_suffix=False)
-    ltr_in_line, _ = infill_scores(run, in_line, _room(run, 32), read_suffix=False)
+    # one set of left-to-right completions of the single lines serves both of their figures
+    next_lines = completions(run, single, rooms["single"], read_suffix=False)
+    ltr_single, _ = infill_scores(next_lines, single)
+    ltr_multi, _ = infill_scores(completions(run, multi, rooms["multi"], False), multi)
+    ltr_in_line, _ = infill_scores(completions(run, in_line, rooms["in_line"], False), in_line)
     return CodeScore(
         files=len(files),
         loss=score.loss,
@@ -259,7 +262,7 @@ def evaluate_code(
         left_to_right_single_line_em=ltr_single,
         left_to_right_multi_line_em=ltr_multi,
         left_to_right_in_line_em=ltr_in_line,
-        next_line_em=next_line_exact_match(run, single, _room(run, 48)),
+        next_line_em=next_line_exact_match(next_lines, single),
         middle_bpb_with_suffix=with_suffix,
         middle_bpb_prefix_only=middle_bpb(run, single + multi, with_suffix=False),
         samples=len(single),
