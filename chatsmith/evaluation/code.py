@@ -246,8 +246,10 @@ def evaluate_code(
     # one set of left-to-right completions of the single lines serves both of their figures
     next_lines = completions(run, single, rooms["single"], read_suffix=False)
     ltr_single, _ = infill_scores(next_lines, single)
-    ltr_multi, _ = infill_scores(completions(run, multi, rooms["multi"], False), multi)
-    ltr_in_line, _ = infill_scores(completions(run, in_line, rooms["in_line"], False), in_line)
+    ltr_multi, _ = infill_scores(completions(run, multi, rooms["multi"], read_suffix=False), multi)
+    ltr_in_line, _ = infill_scores(
+        completions(run, in_line, rooms["in_line"], read_suffix=False), in_line
+    )
     return CodeScore(
         files=len(files),
         loss=score.loss,
